@@ -1,0 +1,1 @@
+"""raycg.compiler: reads a Ray DAG into a small IR, runs passes, emits a Plan."""

@@ -1,0 +1,1 @@
+"""raycg.runtime: sets a Plan up on the actors, drives executions, tears down."""

@@ -1,0 +1,46 @@
+"""raycg.transports: channels that move values between processes.
+
+Never imports Ray. Every transport implements :class:`Channel`; errors are this
+package's own (see ``_errors``) and the runtime maps them to Ray's.
+"""
+
+from ._channel import Channel
+from ._errors import (
+    ChannelBroken,
+    ChannelClosed,
+    ChannelError,
+    ChannelTimeout,
+    SlotPinned,
+    ValueNotSerializable,
+)
+from ._inproc import InprocReader, InprocRing, InprocWriter
+from ._shm_ring import ShmRing, ShmRingReader, ShmRingSpec, ShmRingWriter
+
+__all__ = [
+    "Channel",
+    "ChannelBroken",
+    "ChannelClosed",
+    "ChannelError",
+    "ChannelTimeout",
+    "InprocReader",
+    "InprocRing",
+    "InprocWriter",
+    "ShmRing",
+    "ShmRingReader",
+    "ShmRingSpec",
+    "ShmRingWriter",
+    "SlotPinned",
+    "ValueNotSerializable",
+    "open_reader",
+    "open_writer",
+]
+
+
+def open_writer(spec: ShmRingSpec, **kwargs: object) -> ShmRingWriter:
+    """Open the write end of the channel ``spec`` describes."""
+    return ShmRingWriter(spec, **kwargs)  # type: ignore[arg-type]
+
+
+def open_reader(spec: ShmRingSpec, index: int, **kwargs: object) -> ShmRingReader:
+    """Open read end ``index`` of the channel ``spec`` describes."""
+    return ShmRingReader(spec, index, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,99 @@
+"""Values to bytes and back: pickle protocol 5 with out-of-band buffers.
+
+``encode`` splits a value into a small pickle stream (``meta``) and the raw buffers of
+the large objects in it (numpy arrays, CPU torch tensors), without copying them. The
+channel copies both into a slot once; ``decode`` rebuilds the value with its buffers
+pointing straight into the slot, so a reader gets arrays without a copy.
+
+torch is optional: its tensors are reduced through numpy only when torch is already
+imported by the user's code (this module never imports it).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ._errors import ValueNotSerializable
+
+
+def _rebuild_tensor(buf: Any, dtype_name: str, shape: tuple[int, ...]) -> Any:
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    with warnings.catch_warnings():
+        # torch warns that a read-only buffer gives a tensor it cannot make read-only.
+        warnings.simplefilter("ignore", UserWarning)
+        flat = (
+            torch.frombuffer(buf, dtype=torch.uint8)
+            if len(memoryview(buf))
+            else torch.empty(0, dtype=torch.uint8)
+        )
+    return flat.view(dtype).reshape(shape)
+
+
+class _Pickler(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        torch = sys.modules.get("torch")
+        if torch is not None and type(obj) is torch.Tensor and obj.device.type == "cpu":
+            if obj.requires_grad or obj.is_sparse or obj.is_quantized:
+                return NotImplemented
+            t = obj.contiguous()
+            raw = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+            return (
+                _rebuild_tensor,
+                (pickle.PickleBuffer(raw.numpy()), str(t.dtype).removeprefix("torch."), tuple(t.shape)),
+            )
+        return NotImplemented
+
+
+_PLAIN_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes, bytearray, np.ndarray})
+
+
+def encode(value: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Serialize ``value`` into a pickle stream and its out-of-band buffers.
+
+    Raises:
+        ValueNotSerializable: naming the value's type and why pickle refused it.
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        if "torch" not in sys.modules or type(value) in _PLAIN_TYPES:
+            # Fast path: the C pickler without a reducer_override hook.
+            return pickle.dumps(value, protocol=5, buffer_callback=buffers.append), buffers
+        f = io.BytesIO()
+        _Pickler(f, protocol=5, buffer_callback=buffers.append).dump(value)
+    except Exception as e:
+        raise ValueNotSerializable(
+            f"cannot serialize a value of type {type(value).__module__}.{type(value).__qualname__}: "
+            f"{type(e).__name__}: {e}. Return a picklable value (or register a copyreg reducer)."
+        ) from e
+    return f.getvalue(), buffers
+
+
+def decode(meta: Any, buffers: list[Any]) -> object:
+    return pickle.loads(meta, buffers=buffers)
+
+
+def describe(value: object) -> str:
+    """A short description of the (first) zero-copy object inside ``value``."""
+    seen = 0
+    stack = [value]
+    while stack and seen < 64:
+        v = stack.pop()
+        seen += 1
+        if isinstance(v, np.ndarray):
+            return f"numpy.ndarray(shape={v.shape}, dtype={v.dtype})"
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(v, torch.Tensor):
+            return f"torch.Tensor(shape={tuple(v.shape)}, dtype={v.dtype})"
+        if isinstance(v, (list, tuple)):
+            stack.extend(reversed(v))
+        elif isinstance(v, dict):
+            stack.extend(reversed(list(v.values())))
+    return f"{type(value).__module__}.{type(value).__qualname__}"
