@@ -205,7 +205,7 @@ class ErrorReport(_message.Message):
     def __init__(self, graph_id: _Optional[str] = ..., actor_id: _Optional[str] = ..., task_display_name: _Optional[str] = ..., kind: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ActorStatus(_message.Message):
-    __slots__ = ("graph_id", "actor_id", "state", "executions_done", "error")
+    __slots__ = ("graph_id", "actor_id", "state", "executions_done", "error", "pid", "pid_start_time")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[ActorStatus.State]
@@ -223,9 +223,13 @@ class ActorStatus(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     EXECUTIONS_DONE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    PID_START_TIME_FIELD_NUMBER: _ClassVar[int]
     graph_id: str
     actor_id: str
     state: ActorStatus.State
     executions_done: int
     error: ErrorReport
-    def __init__(self, graph_id: _Optional[str] = ..., actor_id: _Optional[str] = ..., state: _Optional[_Union[ActorStatus.State, str]] = ..., executions_done: _Optional[int] = ..., error: _Optional[_Union[ErrorReport, _Mapping]] = ...) -> None: ...
+    pid: int
+    pid_start_time: int
+    def __init__(self, graph_id: _Optional[str] = ..., actor_id: _Optional[str] = ..., state: _Optional[_Union[ActorStatus.State, str]] = ..., executions_done: _Optional[int] = ..., error: _Optional[_Union[ErrorReport, _Mapping]] = ..., pid: _Optional[int] = ..., pid_start_time: _Optional[int] = ...) -> None: ...

@@ -14,6 +14,8 @@ from ._errors import (
     ValueNotSerializable,
 )
 from ._inproc import InprocReader, InprocRing, InprocWriter
+from ._liveness import is_alive as is_process_alive
+from ._liveness import process_start_time
 from ._shm_ring import ShmRing, ShmRingReader, ShmRingSpec, ShmRingWriter
 
 __all__ = [
@@ -31,8 +33,10 @@ __all__ = [
     "ShmRingWriter",
     "SlotPinned",
     "ValueNotSerializable",
+    "is_process_alive",
     "open_reader",
     "open_writer",
+    "process_start_time",
 ]
 
 

@@ -40,9 +40,10 @@ class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
 
-def _check_supported() -> None:
+def _syscall_nr() -> int:
     if _SYS_FUTEX is None:
         raise OSError(f"futex is not supported on {platform.machine()!r}")
+    return _SYS_FUTEX
 
 
 def futex_wait(addr: int, expected: int, timeout_s: float) -> None:
@@ -51,14 +52,14 @@ def futex_wait(addr: int, expected: int, timeout_s: float) -> None:
     Returns on a wake-up, on a value change, on a signal or at the timeout; the caller
     re-checks its condition in every case.
     """
-    _check_supported()
+    nr = _syscall_nr()
     if timeout_s <= 0:
         return
     if math.isinf(timeout_s):
         timeout_s = 3600.0
     ts = _Timespec(int(timeout_s), int((timeout_s % 1.0) * 1e9))
     r = _syscall(
-        ctypes.c_long(_SYS_FUTEX),
+        ctypes.c_long(nr),
         ctypes.c_void_p(addr),
         ctypes.c_long(FUTEX_WAIT),
         ctypes.c_long(expected & 0xFFFFFFFF),
@@ -72,11 +73,12 @@ def futex_wait(addr: int, expected: int, timeout_s: float) -> None:
             raise OSError(err, f"futex wait: {os.strerror(err)}")
 
 
-def futex_wake(addr: int, count: int = WAKE_ALL) -> None:
-    """Wake up to ``count`` processes sleeping on the u32 at ``addr``."""
-    _check_supported()
+def futex_wake(addr: int, count: int = WAKE_ALL) -> int:
+    """Wake up to ``count`` processes sleeping on the u32 at ``addr``; return how many
+    were woken."""
+    nr = _syscall_nr()
     r = _syscall(
-        ctypes.c_long(_SYS_FUTEX),
+        ctypes.c_long(nr),
         ctypes.c_void_p(addr),
         ctypes.c_long(FUTEX_WAKE),
         ctypes.c_long(count),
@@ -87,6 +89,7 @@ def futex_wake(addr: int, count: int = WAKE_ALL) -> None:
     if r == -1:
         err = ctypes.get_errno()
         raise OSError(err, f"futex wake: {os.strerror(err)}")
+    return int(r)
 
 
 _fence_lock = threading.Lock()

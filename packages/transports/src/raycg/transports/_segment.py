@@ -36,8 +36,9 @@ class Segment:
         self.size_bytes = size_bytes
         self.pid = pid
         self.fd = fd
-        self.owned = owned
+        self.owned = False  # set once mapped: if mmap fails, create() closes the fd itself
         self.mm = mmap.mmap(map_fd, size_bytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.owned = owned
         # A ctypes view pins the mapping's address for futex calls; it is dropped
         # before the mapping is closed (close() refuses while exports exist).
         self._anchor: ctypes.c_char | None = ctypes.c_char.from_buffer(self.mm)
@@ -95,6 +96,16 @@ class Segment:
             # Zero-copy values still point into the mapping; it is unmapped when the
             # last of them is garbage-collected (the mmap object owns the mapping).
             pass
+        self._close_fd()
+
+    def _close_fd(self) -> None:
         if self.owned and self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def __del__(self) -> None:
+        # A segment dropped without close() (its ring or writer was dropped) would keep
+        # its memfd, and so its memory, until the process exits. The mapping itself
+        # goes with the mmap object.
+        if getattr(self, "owned", False):
+            self._close_fd()

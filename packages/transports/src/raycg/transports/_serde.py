@@ -55,8 +55,9 @@ class _Pickler(pickle.Pickler):
 _PLAIN_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes, bytearray, np.ndarray})
 
 
-def encode(value: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Serialize ``value`` into a pickle stream and its out-of-band buffers.
+def encode(value: object) -> tuple[bytes, list[memoryview]]:
+    """Serialize ``value`` into a pickle stream and its out-of-band buffers, each a flat
+    byte view of the object's memory (no copy).
 
     Raises:
         ValueNotSerializable: naming the value's type and why pickle refused it.
@@ -65,15 +66,18 @@ def encode(value: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
     try:
         if "torch" not in sys.modules or type(value) in _PLAIN_TYPES:
             # Fast path: the C pickler without a reducer_override hook.
-            return pickle.dumps(value, protocol=5, buffer_callback=buffers.append), buffers
-        f = io.BytesIO()
-        _Pickler(f, protocol=5, buffer_callback=buffers.append).dump(value)
+            meta = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        else:
+            f = io.BytesIO()
+            _Pickler(f, protocol=5, buffer_callback=buffers.append).dump(value)
+            meta = f.getvalue()
+        # raw() refuses a non-contiguous buffer (a user's own PickleBuffer may be one).
+        return meta, [b.raw() for b in buffers]
     except Exception as e:
         raise ValueNotSerializable(
             f"cannot serialize a value of type {type(value).__module__}.{type(value).__qualname__}: "
             f"{type(e).__name__}: {e}. Return a picklable value (or register a copyreg reducer)."
         ) from e
-    return f.getvalue(), buffers
 
 
 def decode(meta: Any, buffers: list[Any]) -> object:

@@ -83,7 +83,7 @@ _DESC_BYTES = 128
 _SLOT_RECORD = struct.Struct("<8Q")
 _ALIGN = 64
 
-DEFAULT_SPIN_S = 50e-6
+DEFAULT_SPIN_S = float(os.environ.get("RAYCG_SPIN_US", "50")) * 1e-6
 DEFAULT_LIVENESS_INTERVAL_S = 0.1
 # Out-of-band buffers smaller than this in total are copied out of the slot instead of
 # pinning it: a few small arrays held by user code must not stall the ring.
@@ -145,7 +145,7 @@ class ShmRing:
         self.name = name
         self._ctrl = Segment.create(_ctrl_bytes(nreaders, nslots), f"{name}.ctrl")
         try:
-            self._data = Segment.create(nslots * round_up(slot_bytes, _ALIGN), f"{name}.data.0")
+            self._data = Segment.create(nslots * round_up(max(slot_bytes, _ALIGN), _ALIGN), f"{name}.data.0")
         except BaseException:
             self._ctrl.close()
             raise
@@ -153,7 +153,9 @@ class ShmRing:
         q = ctrl.q
         q[0], q[1], q[_NSLOTS // 8], q[_NREADERS // 8] = MAGIC, VERSION, nslots, nreaders
         q[_CUR_GEN // 8], q[_CUR_PID // 8], q[_CUR_FD // 8] = 0, os.getpid(), self._data.fd
-        q[_CUR_SLOT_BYTES // 8] = self._data.size_bytes // nslots
+        # Round down to _ALIGN: every slot, and so every buffer in it, starts 64-byte
+        # aligned (the segment was rounded up to whole pages, not to nslots * _ALIGN).
+        q[_CUR_SLOT_BYTES // 8] = self._data.size_bytes // nslots // _ALIGN * _ALIGN
         for r in range(nreaders):
             q[(_READERS + _LINE * r + _R_PINNED) // 8] = NONE
         ctrl.q.release()
@@ -205,6 +207,10 @@ def _close_shared(seg: Segment) -> None:
 
 class _Endpoint(Channel):
     def __init__(self, spec: ShmRingSpec, spin_s: float, liveness_interval_s: float):
+        # Until a subclass finishes attaching, close() (and so __del__) is a no-op: an
+        # endpoint that failed to open must not close the channel for everyone.
+        self._closed_locally = True
+        self._pid = os.getpid()
         self.spec = spec
         self._spin_ns = int(spin_s * 1e9)
         self._slice_s = liveness_interval_s
@@ -213,7 +219,6 @@ class _Endpoint(Channel):
         if q[0] != MAGIC or q[1] != VERSION or q[_NSLOTS // 8] != spec.nslots:
             self._ctrl.release()
             raise ChannelBroken(f"channel {spec.name!r}: the control segment is not a raycg ring")
-        self._closed_locally = False
 
     def _check_closed(self) -> None:
         if self._ctrl.i[_CLOSED // 4]:
@@ -234,10 +239,30 @@ class _Endpoint(Channel):
         _close_shared(self._ctrl.seg)
 
     def __del__(self) -> None:
+        # Only in the process that opened it: a forked child that drops its inherited
+        # copy of an endpoint must not close the parent's channel.
+        if getattr(self, "_pid", None) != os.getpid():
+            return
         try:
             self.close()
         except Exception:
             pass
+
+
+def _slot_layout(meta_len: int, raws: list[memoryview]) -> tuple[list[int], int]:
+    """Where each buffer goes in a slot (offsets from its start), and the bytes it needs.
+
+    A slot holds the buffer table (u64 offset, u64 length per buffer), the pickle stream,
+    then each buffer at a 64-byte aligned offset.
+    """
+    if not raws:
+        return [], meta_len
+    offsets = []
+    pos = round_up(16 * len(raws) + meta_len, _ALIGN)
+    for raw in raws:
+        offsets.append(pos)
+        pos = round_up(pos + raw.nbytes, _ALIGN)
+    return offsets, pos
 
 
 class ShmRingWriter(_Endpoint):
@@ -264,6 +289,7 @@ class ShmRingWriter(_Endpoint):
         self._waiting_offs = [(_READERS + _LINE * r + _R_WAITING) // 4 for r in range(spec.nreaders)]
         self._slots_off = _slots_offset(spec.nreaders)
         self._min_released = 0
+        self._closed_locally = False
 
     def __repr__(self) -> str:
         return f"ShmRingWriter({self.spec.name!r})"
@@ -282,56 +308,47 @@ class ShmRingWriter(_Endpoint):
             ValueNotSerializable: nothing was written; the channel stays usable.
             SlotPinned: the wait timed out (or raise_if_pinned) on a pinned slot.
         """
-        meta, bufs = _serde.encode(value)  # before touching the ring: errors leave it intact
+        meta, raws = _serde.encode(value)  # before touching the ring: errors leave it intact
         self._check_closed()
         seq = self._seq
-        nslots = self.spec.nslots
-        need = seq - nslots + 1
+        need = seq - self.spec.nslots + 1
         if need > self._min_released:
             self._min_released = self._read_min_released()
             if need > self._min_released:
                 self._wait_space(need, deadline_after(timeout_s), raise_if_pinned)
         if self._old:
             self._free_old_generations()
-
-        raws = [b.raw() for b in bufs]
-        nbufs = len(raws)
-        table_bytes = 16 * nbufs
-        meta_len = len(meta)
-        if nbufs:
-            offsets = []
-            pos = round_up(table_bytes + meta_len, _ALIGN)
-            for raw in raws:
-                offsets.append(pos)
-                pos = round_up(pos + raw.nbytes, _ALIGN)
-            total = pos
-        else:
-            total = meta_len
+        offsets, total = _slot_layout(len(meta), raws)
         if total > self._slot_bytes:
             self._grow(total)
-        view = self._data.view
-        assert view is not None
-        base = (seq % nslots) * self._slot_bytes
-        if nbufs:
-            table = []
-            for off, raw in zip(offsets, raws):
-                table += (off, raw.nbytes)
-                view[base + off : base + off + raw.nbytes] = raw
-            struct.pack_into(f"<{2 * nbufs}Q", view, base, *table)
-        view[base + table_bytes : base + table_bytes + meta_len] = meta
+        base = (seq % self.spec.nslots) * self._slot_bytes
+        self._fill_slot(base, meta, raws, offsets)
         _SLOT_RECORD.pack_into(
             self._ctrl.seg.view,  # type: ignore[arg-type]
-            self._slots_off + _LINE * (seq % nslots),
+            self._slots_off + _LINE * (seq % self.spec.nslots),
             seq,
             self._gen,
             self._data.pid,
             self._data.fd,
             self._slot_bytes,
             base,
-            meta_len,
-            nbufs,
+            len(meta),
+            len(raws),
         )
         self._publish(seq + 1)
+
+    def _fill_slot(self, base: int, meta: bytes, raws: list[memoryview], offsets: list[int]) -> None:
+        """Copy the buffer table, the pickle stream and the buffers into the slot at ``base``."""
+        view = self._data.view
+        assert view is not None
+        table: list[int] = []
+        for off, raw in zip(offsets, raws):
+            table += (off, raw.nbytes)
+            view[base + off : base + off + raw.nbytes] = raw
+        if raws:
+            struct.pack_into(f"<{2 * len(raws)}Q", view, base, *table)
+        at = base + 16 * len(raws)
+        view[at : at + len(meta)] = meta
 
     def _publish(self, write_seq: int) -> None:
         q, i = self._ctrl.q, self._ctrl.i
@@ -349,11 +366,12 @@ class ShmRingWriter(_Endpoint):
         return min(q[off] for off in self._released_offs)
 
     def _wait_space(self, need: int, deadline: float, raise_if_pinned: bool) -> None:
-        q, i = self._ctrl.q, self._ctrl.i
+        i = self._ctrl.i
         spin_end = time.perf_counter_ns() + self._spin_ns
         while time.perf_counter_ns() < spin_end:
             if self._read_min_released() >= need or i[_CLOSED // 4]:
                 break
+            os.sched_yield()  # on a busy node, let the process we wait for run
         while True:
             self._check_closed()
             self._min_released = self._read_min_released()
@@ -378,7 +396,9 @@ class ShmRingWriter(_Endpoint):
                     f"channel {self.spec.name!r}: timed out waiting for a free slot "
                     f"(all {self.spec.nslots} hold values not yet read by every reader)"
                 )
-            if self._read_min_released() < need:
+            # Closed takes precedence over a dead peer: one that closed, then exited, is
+            # not a fault.
+            if self._read_min_released() < need and not i[_CLOSED // 4]:
                 self._check_readers_alive(need)
 
     def _pinned_by(self, need: int) -> SlotPinned | None:
@@ -436,8 +456,16 @@ class ShmRingWriter(_Endpoint):
         for _, _, seg in self._old:
             seg.close()
         self._old.clear()
-        if self._data.owned:
-            self._data.close()
+        self._data.close()  # unmaps; closes the fd only of a generation we created
+
+
+def _on_unpin(reader_ref: weakref.ref[ShmRingReader], unpinned: collections.deque[int], seq: int) -> None:
+    """Finalizer of a zero-copy value's slot view: free the slot at once, so that a
+    writer waiting for it proceeds even while the reader is idle or blocked."""
+    unpinned.append(seq)
+    reader = reader_ref()
+    if reader is not None:
+        reader._drain_unpinned()
 
 
 class ShmRingReader(_Endpoint):
@@ -478,7 +506,12 @@ class ShmRingReader(_Endpoint):
         # applies them under a re-entrant lock (see _drain_unpinned).
         self._pinned: dict[int, str] = {}
         self._unpinned: collections.deque[int] = collections.deque()
-        self._pin_lock = threading.RLock()
+        self._pin_lock = threading.Lock()
+        self._published_pin = (NONE, "")
+        # Finalizers reach the reader through a weak reference: a value the user keeps
+        # must not keep the endpoint (and its mappings) alive.
+        self._self_ref = weakref.ref(self)
+        self._closed_locally = False
 
     def __repr__(self) -> str:
         return f"ShmRingReader({self.spec.name!r}, index={self.index})"
@@ -489,7 +522,10 @@ class ShmRingReader(_Endpoint):
     def pinned(self) -> list[tuple[int, str]]:
         """The values this reader still holds zero-copy: (seq, description), oldest first."""
         self._drain_unpinned()
-        return sorted(self._pinned.items())
+        with self._pin_lock:
+            held = sorted(self._pinned.items())
+        self._drain_unpinned()  # what finalizers queued while we held the lock
+        return held
 
     @property
     def next_seq(self) -> int:
@@ -498,6 +534,8 @@ class ShmRingReader(_Endpoint):
 
     def read(self, timeout_s: float | None = None) -> object:
         q, i = self._ctrl.q, self._ctrl.i
+        if self._unpinned:
+            self._drain_unpinned()  # publish dropped values before we may sleep
         seq = self._next
         if q[_WRITE_SEQ // 8] <= seq or i[_CLOSED // 4]:
             self._wait_data(seq, deadline_after(timeout_s))
@@ -515,34 +553,34 @@ class ShmRingReader(_Endpoint):
         assert view is not None
         self._next = seq + 1
         if not nbufs:
-            value = pickle.loads(view[base : base + meta_len])
-            self._release_through(seq + 1)
-            return value
+            try:
+                return pickle.loads(view[base : base + meta_len])
+            finally:  # a value that fails to unpickle is consumed all the same
+                self._release_through(seq + 1)
         return self._read_with_buffers(seq, seg, base, meta_len, nbufs)
 
     def _read_with_buffers(self, seq: int, seg: Segment, base: int, meta_len: int, nbufs: int) -> object:
         view = seg.view
         assert view is not None
         table = struct.unpack_from(f"<{2 * nbufs}Q", view, base)
-        meta_at = base + 16 * nbufs
-        end = table[-2] + table[-1]
-        total_buf_bytes = sum(table[1::2])
-        if total_buf_bytes < self._zero_copy_min:
+        meta = view[base + 16 * nbufs : base + 16 * nbufs + meta_len]
+        if sum(table[1::2]) < self._zero_copy_min:
             bufs = [bytearray(view[base + o : base + o + n]) for o, n in zip(table[0::2], table[1::2])]
-            value = pickle.loads(view[meta_at : meta_at + meta_len], buffers=bufs)
-            self._release_through(seq + 1)
-            return value
+            try:
+                return pickle.loads(meta, buffers=bufs)
+            finally:
+                self._release_through(seq + 1)
         # Zero copy: one read-only view of the slot, owned by an ndarray we can watch.
         with self._pin_lock:
-            self._pinned[seq] = ""
-        pin = np.frombuffer(seg.mm, dtype=np.uint8, count=end, offset=base)
-        weakref.finalize(pin, self._unpinned.append, seq)
-        pv = memoryview(pin).toreadonly()
+            self._pinned[seq] = "a zero-copy value being decoded"
+        pin = np.frombuffer(seg.mm, dtype=np.uint8, count=table[-2] + table[-1], offset=base)
+        weakref.finalize(pin, _on_unpin, self._self_ref, self._unpinned, seq).atexit = False
+        pv = pin.data.toreadonly()
         bufs2 = [pv[o : o + n] for o, n in zip(table[0::2], table[1::2])]
         try:
-            value = pickle.loads(view[meta_at : meta_at + meta_len], buffers=bufs2)
+            value = pickle.loads(meta, buffers=bufs2)
         finally:
-            del pin, pv, bufs2
+            del pin, pv, bufs2  # if nothing kept a buffer, the finalizer unpins it now
         with self._pin_lock:
             if seq in self._pinned:
                 self._pinned[seq] = _serde.describe(value)
@@ -554,6 +592,9 @@ class ShmRingReader(_Endpoint):
         if self._pinned or self._unpinned:
             self._drain_unpinned()
             return
+        self._publish_released(released)
+
+    def _publish_released(self, released: int) -> None:
         q, i = self._ctrl.q, self._ctrl.i
         q[self._released_off] = released
         i[_SPACE_FUTEX // 4] = (i[_SPACE_FUTEX // 4] + 1) & 0xFFFFFFFF
@@ -562,34 +603,36 @@ class ShmRingReader(_Endpoint):
             _futex.futex_wake(self._ctrl.addr + _SPACE_FUTEX)
 
     def _drain_unpinned(self) -> None:
-        """Apply finished pins and publish the new released_seq and pinned_seq.
+        """Apply dropped pins; publish the new released_seq, pinned_seq and description.
 
-        Re-entrant on purpose: a finalizer may run (through GC) inside this very
-        function. released_seq only ever moves forward, so a stale inner computation
-        cannot undo a newer one.
+        Finalizers call this from whatever thread drops a value, at any allocation,
+        possibly while this thread is already inside it. So it never blocks: whoever
+        holds the lock applies the queue, and checks it again after letting go.
         """
+        while self._pin_lock.acquire(blocking=False):
+            try:
+                self._apply_unpinned()
+            finally:
+                self._pin_lock.release()
+            if not self._unpinned:
+                return
+
+    def _apply_unpinned(self) -> None:
         if self._ctrl.seg.view is None:
             return
-        with self._pin_lock:
-            while True:
-                while self._unpinned:
-                    self._pinned.pop(self._unpinned.popleft(), None)
-                oldest = min(self._pinned) if self._pinned else NONE
-                released = min(oldest, self._next)
-                q, i = self._ctrl.q, self._ctrl.i
-                if oldest != q[self._pinned_off]:
-                    desc = self._pinned.get(oldest, "").encode()[: _DESC_BYTES - 1] + b"\0"
-                    view = self._ctrl.seg.view
-                    view[self._desc_off : self._desc_off + len(desc)] = desc
-                    q[self._pinned_off] = oldest
-                if released > q[self._released_off]:
-                    q[self._released_off] = released
-                    i[_SPACE_FUTEX // 4] = (i[_SPACE_FUTEX // 4] + 1) & 0xFFFFFFFF
-                    _futex.fence()
-                    if i[_WRITER_WAITING // 4]:
-                        _futex.futex_wake(self._ctrl.addr + _SPACE_FUTEX)
-                if not self._unpinned:
-                    return
+        while self._unpinned:
+            self._pinned.pop(self._unpinned.popleft(), None)
+        oldest = min(self._pinned) if self._pinned else NONE
+        pin = (oldest, self._pinned.get(oldest, ""))
+        if pin != self._published_pin:
+            # The description first: the writer reads pinned_seq, then the description.
+            desc = pin[1].encode()[: _DESC_BYTES - 1] + b"\0"
+            self._ctrl.seg.view[self._desc_off : self._desc_off + len(desc)] = desc
+            self._ctrl.q[self._pinned_off] = oldest
+            self._published_pin = pin
+        released = min(oldest, self._next)
+        if released > self._ctrl.q[self._released_off]:  # released_seq only moves forward
+            self._publish_released(released)
 
     def _map_generation(self, gen: int, pid: int, fd: int, slot_bytes: int) -> Segment:
         seg = Segment.open(pid, fd, self.spec.nslots * slot_bytes)
@@ -606,6 +649,7 @@ class ShmRingReader(_Endpoint):
         while time.perf_counter_ns() < spin_end:
             if q[_WRITE_SEQ // 8] > seq or i[_CLOSED // 4]:
                 break
+            os.sched_yield()  # on a busy node, let the process we wait for run
         while True:
             self._check_closed()
             if q[_WRITE_SEQ // 8] > seq:
@@ -621,7 +665,7 @@ class ShmRingReader(_Endpoint):
             if not slept:
                 self._check_closed()
                 raise ChannelTimeout(f"channel {self.spec.name!r}: timed out waiting for value #{seq}")
-            if q[_WRITE_SEQ // 8] <= seq:
+            if q[_WRITE_SEQ // 8] <= seq and not i[_CLOSED // 4]:  # closed beats dead
                 pid, start = i[_WRITER_PID // 4], q[_WRITER_START // 8]
                 if not _liveness.is_alive(pid, start):
                     raise ChannelBroken(f"channel {self.spec.name!r}: the writer (pid {pid}) died")

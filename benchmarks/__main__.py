@@ -1,0 +1,43 @@
+"""``python -m benchmarks NAME [options]``: run one benchmark.
+
+To add one, write ``benchmarks/bench_<name>.py`` with ``main(argv: list[str]) -> int``
+and list it in ``BENCHMARKS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, one line for the list). Modules are imported only when chosen, so a
+# benchmark's heavy imports (torch, Ray) never slow down another one.
+BENCHMARKS = {
+    "channel": (
+        "benchmarks.bench_channel",
+        "ping-pong between two processes: ShmRing vs a raw shm+futex floor vs a Pipe",
+    ),
+}
+
+
+def _print_list(out: object) -> None:
+    print("usage: python -m benchmarks NAME [--quick] [--record] [--help]\n\nbenchmarks:", file=out)
+    for name, (_, summary) in BENCHMARKS.items():
+        print(f"  {name:<10} {summary}", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        _print_list(sys.stdout)
+        return 0
+    if argv[0] not in BENCHMARKS:
+        print(f"unknown benchmark {argv[0]!r}\n", file=sys.stderr)
+        _print_list(sys.stderr)
+        return 2
+    module = importlib.import_module(BENCHMARKS[argv[0]][0])
+    return module.main(argv[1:])
+
+
+# The guard matters: multiprocessing's spawn re-imports this module in every child.
+if __name__ == "__main__":
+    sys.exit(main())

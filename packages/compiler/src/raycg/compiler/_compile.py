@@ -1,0 +1,54 @@
+"""compile_plan: Ray DAG -> IR -> passes -> Plan. Reads actors, creates nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from raycg.proto import Options, Plan
+
+from ._emit import emit_plan
+from ._frontend import read_dag
+from ._pipeline import run_passes
+from ._placement import DEFAULT_LOCATE_TIMEOUT_S, locate_actors
+from .ir import Graph
+
+
+@dataclass
+class CompiledPlan:
+    """What the runtime needs to run a graph, and the IR for people to read."""
+
+    plan: Plan
+    graph: Graph  # after the passes: print(compiled.graph)
+    actors: dict[str, object]  # actor id hex -> ActorHandle: how the runtime reaches them
+
+
+def compile_plan(
+    dag: object,
+    options: Options,
+    *,
+    debug: bool = False,
+    locate_timeout_s: float = DEFAULT_LOCATE_TIMEOUT_S,
+) -> CompiledPlan:
+    """Compile the Ray DAG ending at ``dag`` into a Plan.
+
+    Nothing is created on any actor (each is only asked where it runs), so a refused DAG
+    leaves nothing behind and can be fixed and compiled again.
+
+    Args:
+        dag: a task's result (``actor.method.bind(...)``) or a ``MultiOutputNode``.
+        options: copied into ``Plan.options``; sizes the channels.
+        debug: lint the IR after each pass.
+        locate_timeout_s: how long to wait, in all, for the actors to say where they run.
+
+    Raises:
+        NotImplementedError: a function task (or another unsupported node), named.
+        ValueError: a DAG that cannot be compiled (see API.md), naming the node; a dead
+            actor; an edge across nodes.
+        TypeError: ``dag`` is not a DAG node.
+    """
+    graph = read_dag(dag)
+    graph.options = options
+    locate_actors(graph, locate_timeout_s)
+    run_passes(graph, debug=debug)
+    plan = emit_plan(graph)
+    return CompiledPlan(plan, graph, {actor_id: a.handle for actor_id, a in graph.actors.items()})

@@ -1,0 +1,159 @@
+"""IR (after the passes) -> ``raycg.proto.Plan``, the compiler's only output.
+
+Channels: one input channel (the driver writes ``(args, kwargs)``; every actor with a task
+reading the input reads it), then per task result one channel per transport its edges
+need: SHM, read by each other actor that consumes it and by the driver if it is a graph
+output; INPROC, read by the task's own actor. A reader is a participant, not a task: an
+actor reads a channel once per execution, at its first task that needs it, and shares
+the value among its tasks; ``TaskPlan.inputs`` lists what each task needs.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import ray
+
+from raycg.proto import (
+    ActorPlan,
+    ArgPlan,
+    ChannelPlan,
+    KwArgPlan,
+    OutputPlan,
+    Participant,
+    Plan,
+    Projection,
+    TaskPlan,
+    Transport,
+)
+
+from . import ir
+from .ir import Graph, Node
+
+_CHANNEL_KINDS = (Transport.SHM, Transport.INPROC)
+
+
+def emit_plan(graph: Graph) -> Plan:
+    """Build the Plan of a graph the passes have run on.
+
+    Raises:
+        ValueError: a constant argument cannot be pickled, naming its task.
+    """
+    return _Emitter(graph).emit()
+
+
+class _Emitter:
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.plan = Plan(graph_id=uuid.uuid4().hex, multi_output=bool(graph.output_node.meta["multi_output"]))
+        self.plan.options.CopyFrom(graph.options)
+        self.channel_ids: dict[tuple[Node, Transport.ValueType], str] = {}
+
+    def emit(self) -> Plan:
+        for node in self.graph.nodes:
+            if node.op != "output":
+                self._add_channels(node)
+        (inp,) = self.graph.nodes_of("input")
+        self.plan.input_channel_id = self.channel_ids[(inp, Transport.SHM)]
+        for actor_id, tasks in self.graph.meta["schedule"].items():
+            self.plan.actors.append(self._actor_plan(actor_id, tasks))
+        self.plan.outputs.extend(self._output_plan(ref) for ref in self.graph.output_node.refs())
+        return self.plan
+
+    def _add_channels(self, node: Node) -> None:
+        transport_to: dict[Node, Transport.ValueType] = node.meta["transport_to"]
+        for kind in _CHANNEL_KINDS:
+            users = [u for u in node.users if transport_to[u] == kind]
+            if not users:
+                continue
+            channel_id = f"ch{len(self.plan.channels)}"
+            self.channel_ids[(node, kind)] = channel_id
+            readers = list(dict.fromkeys(_participant_key(u) for u in users))  # distinct, first use first
+            self.plan.channels.append(
+                ChannelPlan(
+                    channel_id=channel_id,
+                    transport=kind,
+                    writer=_participant(_participant_key(node)),
+                    readers=[_participant(r) for r in readers],
+                    num_slots=node.meta["slots"][kind],
+                    slot_size_bytes=node.meta["slot_size_bytes"],
+                    label=f"{_label(node)} -> {', '.join(dict.fromkeys(_label(u) for u in users))}",
+                )
+            )
+
+    def _channel_of(self, src: Node, dst: Node) -> str:
+        return self.channel_ids[(src, src.meta["transport_to"][dst])]
+
+    def _actor_plan(self, actor_id: str, tasks: list[Node]) -> ActorPlan:
+        actor = self.graph.actors[actor_id]
+        return ActorPlan(
+            actor_id=actor_id,
+            actor_label=actor.label,
+            node_id=actor.node_id or "",
+            tasks=[self._task_plan(node) for node in tasks],
+        )
+
+    def _task_plan(self, node: Node) -> TaskPlan:
+        task = TaskPlan(
+            task_id=node.meta["order"],
+            method=node.method or "",
+            display_name=node.display_name,
+            num_returns=node.num_returns,
+        )
+        task.args.extend(self._arg_plan(node, task, a, f"argument {i}") for i, a in enumerate(node.args))
+        for name, arg in node.kwargs.items():
+            value = self._arg_plan(node, task, arg, f"keyword argument {name!r}")
+            task.kwargs.append(KwArgPlan(name=name, value=value))
+        task.outputs.extend(
+            self.channel_ids[(node, k)] for k in _CHANNEL_KINDS if (node, k) in self.channel_ids
+        )
+        return task
+
+    def _arg_plan(self, node: Node, task: TaskPlan, arg: ir.Arg, position: str) -> ArgPlan:
+        if isinstance(arg, ir.Const):
+            return ArgPlan(constant=_pickle(arg.value, node, position))
+        channel_id = self._channel_of(arg.node, node)
+        if channel_id not in task.inputs:
+            task.inputs.append(channel_id)
+        return ArgPlan(
+            input_slot=list(task.inputs).index(channel_id),
+            projections=[_projection(p) for p in arg.projections],
+        )
+
+    def _output_plan(self, ref: ir.Ref) -> OutputPlan:
+        return OutputPlan(
+            channel_id=self._channel_of(ref.node, self.graph.output_node),
+            projections=[_projection(p) for p in ref.projections],
+            display_name=ref.node.display_name,
+        )
+
+
+def _participant_key(node: Node) -> str | None:
+    """The actor id of who runs ``node``; None for the driver (the input and the output)."""
+    return node.actor.actor_id if node.actor is not None else None
+
+
+def _participant(key: str | None) -> Participant:
+    return Participant(driver=True) if key is None else Participant(actor_id=key)
+
+
+def _label(node: Node) -> str:
+    return {"input": "input", "output": "driver"}.get(node.op, node.target)
+
+
+def _projection(p: ir.Projection) -> Projection:
+    if isinstance(p, ir.Index):
+        return Projection(index=p.i)
+    if isinstance(p, ir.Key):
+        return Projection(key=p.key)
+    return Projection(first_arg=True)
+
+
+def _pickle(value: object, node: Node, position: str) -> bytes:
+    try:
+        return ray.cloudpickle.dumps(value)
+    except Exception as e:
+        raise ValueError(
+            f"{node.display_name}: {position} ({type(value).__name__}) cannot be pickled: {e}; "
+            "pass a picklable constant"
+        ) from e

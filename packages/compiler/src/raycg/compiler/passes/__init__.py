@@ -1,0 +1,8 @@
+"""The compiler's passes: plain functions on an ``ir.Graph``, one per module."""
+
+from .assign_transports import assign_transports
+from .schedule import schedule
+from .size_buffers import size_buffers
+from .validate import validate
+
+__all__ = ["assign_transports", "schedule", "size_buffers", "validate"]

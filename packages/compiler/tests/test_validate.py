@@ -1,0 +1,124 @@
+"""validate: every refusal API.md names, its exception type, the node it names, and
+that the DAG, once fixed, compiles."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import ray
+from compiler_helpers import Echo, compile_debug, plain_function
+from ray.dag import InputNode, MultiOutputNode
+
+
+def test_function_task_is_not_implemented(actors: list[Any]) -> None:
+    with InputNode() as inp:
+        dag = actors[0].echo.bind(plain_function.bind(inp))
+    with pytest.raises(NotImplementedError, match=r"^plain_function: a function task"):
+        compile_debug(dag)
+    with InputNode() as inp:  # fixed: an actor method instead
+        dag = actors[0].echo.bind(actors[1].echo.bind(inp))
+    compile_debug(dag)
+
+
+@pytest.mark.parametrize("where", ["list", "dict", "tuple", "kwarg"])
+def test_dag_node_inside_a_container(actors: list[Any], where: str) -> None:
+    a, b = actors[:2]
+    with InputNode() as inp:
+        x = a.echo.bind(inp)
+        arg: object = {"list": [x], "dict": {"k": x}, "tuple": (x, 1), "kwarg": [x]}[where]
+        dag = b.echo.bind(inp, y=arg) if where == "kwarg" else b.echo.bind(arg)
+    position = "keyword argument 'y'" if where == "kwarg" else "argument 0"
+    with pytest.raises(ValueError, match=rf"^Echo.echo: {position} is a {type(arg).__name__} holding a DAG"):
+        compile_debug(dag)
+
+
+def test_no_input_node(actors: list[Any]) -> None:
+    dag = actors[0].echo.bind(actors[1].echo.bind(1))
+    with pytest.raises(ValueError, match=r"^Echo.echo: the graph has no InputNode"):
+        compile_debug(dag)
+
+
+def test_task_depending_on_no_input(actors: list[Any]) -> None:
+    a, b = actors[:2]
+    with InputNode() as inp:
+        dag = MultiOutputNode([a.echo.bind(inp), b.add.bind(1)])
+    with pytest.raises(ValueError, match=r"^Echo.add: this task depends on no input"):
+        compile_debug(dag)
+
+
+def test_leaf_node_then_fixed_with_the_same_input(actors: list[Any]) -> None:
+    a, b = actors[:2]
+    with InputNode() as inp:
+        dag = a.echo.bind(inp)
+        leaf = b.add.bind(inp)
+    with pytest.raises(ValueError, match=rf"^Echo.add on actor Echo\({b._actor_id.hex()[:6]}\): .* leaf"):
+        compile_debug(dag)
+    compile_debug(MultiOutputNode([dag, leaf]))  # fixed: the leaf is now an output
+
+
+def test_result_read_by_a_task_that_is_not_compiled(actors: list[Any]) -> None:
+    a, b = actors[:2]
+    with InputNode() as inp:
+        dag = a.echo.bind(inp)
+        b.echo.bind(dag)  # reads the graph's end: a leaf below the output
+    with pytest.raises(ValueError, match="leaf"):
+        compile_debug(dag)
+
+
+def test_dead_actor_then_fixed(new_actor: Callable[[], Any], actors: list[Any]) -> None:
+    doomed = new_actor()
+    ray.kill(doomed)
+    with InputNode() as inp:
+        dag = actors[0].echo.bind(doomed.echo.bind(inp))
+    label = re.escape(f"Echo({doomed._actor_id.hex()[:6]})")
+    with pytest.raises(ValueError, match=rf"^Echo.echo: actor {label} is dead"):
+        compile_debug(dag)
+    with InputNode() as inp:
+        dag = actors[0].echo.bind(new_actor().echo.bind(inp))
+    compile_debug(dag)
+
+
+def test_mixing_input_and_indexed_input(actors: list[Any]) -> None:
+    with InputNode() as inp:
+        dag = actors[0].add.bind(inp, inp[0])
+    with pytest.raises(ValueError, match="either use InputNode"):
+        compile_debug(dag)
+
+
+def test_unused_input_attribute(actors: list[Any]) -> None:
+    with InputNode() as inp:
+        _ = inp.unused
+        dag = actors[0].echo.bind(inp[0])
+    with pytest.raises(ValueError, match="'unused'"):
+        compile_debug(dag)
+
+
+def test_two_input_nodes(actors: list[Any]) -> None:
+    with InputNode() as one, InputNode() as two:
+        dag = actors[0].add.bind(one, two)
+    with pytest.raises(ValueError, match="2 InputNodes"):
+        compile_debug(dag)
+
+
+def test_output_that_is_the_input(actors: list[Any]) -> None:
+    with InputNode() as inp:
+        dag = MultiOutputNode([actors[0].echo.bind(inp), inp])
+    with pytest.raises(ValueError, match=r"^MultiOutputNode: output 1 is the InputNode"):
+        compile_debug(dag)
+
+
+def test_actor_created_inside_the_dag(ray_local: None) -> None:
+    with InputNode() as inp:
+        dag = Echo.bind().echo.bind(inp)
+    with pytest.raises(ValueError, match=r"^Echo.echo: the actor is created inside the DAG"):
+        compile_debug(dag)
+
+
+def test_zero_num_returns(actors: list[Any]) -> None:
+    with InputNode() as inp:
+        dag = actors[0].echo.options(num_returns=0).bind(inp)
+    with pytest.raises(ValueError, match=r"^Echo.echo: num_returns=0 cannot be compiled"):
+        compile_debug(dag)

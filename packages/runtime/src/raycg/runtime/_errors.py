@@ -1,0 +1,70 @@
+"""The one place that builds Ray's exception classes (../shared/STYLE.md).
+
+- :func:`wrap_task_error` runs on the actor when a user's method raises: the result of
+  that task becomes a ``RayTaskError`` value that flows downstream like any value.
+- :func:`to_ray_error` runs on the caller: a transport error becomes what API.md's
+  Failures table promises.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import ray
+from ray.exceptions import (
+    ActorDiedError,
+    RayCgraphCapacityExceeded,
+    RayChannelError,
+    RayChannelTimeoutError,
+    RayTaskError,
+)
+
+from raycg.transports import ChannelBroken, ChannelClosed, ChannelError, ChannelTimeout, SlotPinned
+
+
+def wrap_task_error(exc: BaseException, display_name: str, actor_repr: str) -> RayTaskError:
+    """The value a failed task passes downstream (and the caller's get raises)."""
+    backtrace = ray._private.utils.format_error_message(
+        "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        task_exception=True,
+    )
+    return RayTaskError(
+        function_name=display_name,
+        traceback_str=backtrace,
+        cause=exc,
+        actor_repr=actor_repr,
+    )
+
+
+def unserializable_result_error(exc: ChannelError, display_name: str, actor_repr: str) -> RayTaskError:
+    """A task returned a value that cannot cross the channel: report it as the task's
+    failure (the graph keeps running)."""
+    err = TypeError(f"{display_name} returned a value that cannot be sent to its readers: {exc}")
+    return wrap_task_error(err, display_name, actor_repr)
+
+
+def raise_if_task_error(value: object) -> object:
+    """Raise a task's failure as an instance of both RayTaskError and its cause."""
+    if isinstance(value, RayTaskError):
+        raise value.as_instanceof_cause()
+    return value
+
+
+def to_ray_error(exc: ChannelError, what: str, died: ActorDiedError | None = None) -> Exception:
+    """Map a transport error met while doing ``what`` to Ray's class for it."""
+    if died is not None:
+        return died
+    if isinstance(exc, SlotPinned):
+        return RayCgraphCapacityExceeded(f"{what}: {exc}")
+    if isinstance(exc, ChannelTimeout):
+        return RayChannelTimeoutError(f"{what}: {exc}")
+    if isinstance(exc, (ChannelClosed, ChannelBroken)):
+        return RayChannelError(f"{what}: {exc}")
+    return RayChannelError(f"{what}: {exc}")
+
+
+def torn_down_error(graph_id: str, reason: str | None) -> RayChannelError:
+    why = f" ({reason})" if reason else ""
+    return RayChannelError(
+        f"compiled graph {graph_id[:8]} has been torn down{why}; compile the DAG again to run it"
+    )

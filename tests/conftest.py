@@ -1,0 +1,95 @@
+"""Cross-package runs on a real local Ray: one cluster per pytest(-xdist) worker."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import ray
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@ray.remote(num_cpus=0)
+class Worker:
+    """The actor most tests use: small methods covering every argument shape."""
+
+    def echo(self, x: object) -> object:
+        return x
+
+    def inc(self, x: int) -> int:
+        return x + 1
+
+    def add(self, x: int, y: int = 0) -> int:
+        return x + y
+
+    def pair(self, x: object) -> tuple[object, object]:
+        return x, x
+
+    def concat(self, *parts: object) -> str:
+        return "".join(str(p) for p in parts)
+
+    def sleep_then_echo(self, x: object, seconds: float = 0.5) -> object:
+        time.sleep(seconds)
+        return x
+
+    def fail(self, x: object) -> object:
+        raise KeyError(f"no key {x!r}")
+
+    def exit_if(self, x: int) -> int:
+        if x < 0:
+            os._exit(1)
+        return x
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@pytest.fixture(scope="session")
+def actors(ray_local: None) -> list[ray.actor.ActorHandle]:
+    """Four long-lived actors shared by the tests that leave them healthy."""
+    handles = [Worker.remote() for _ in range(4)]
+    ray.get([h.pid.remote() for h in handles])
+    return handles
+
+
+def _shm_entries() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def no_leaks(actors: list[ray.actor.ActorHandle]) -> Iterator[None]:
+    """After the test: no new /dev/shm entry, no new fd in this process, no executor
+    thread left on the shared actors."""
+    from raycg.runtime import actor_running_graphs
+
+    gc.collect()
+    shm, fds, threads = _shm_entries(), _fds(), threading.active_count()
+    yield
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        running = [g for a in actors for g in actor_running_graphs(a)]
+        if not running:
+            break
+        time.sleep(0.05)
+    assert not running, f"executors still running on the actors: {running}"
+    assert _shm_entries() - shm == set(), "new entries in /dev/shm"
+    leaked = {fd: os.path.realpath(f"/proc/self/fd/{fd}") for fd in _fds() - fds if os.path.exists(f"/proc/self/fd/{fd}")}
+    leaked = {fd: p for fd, p in leaked.items() if "memfd:raycg" in p}
+    assert not leaked, f"raycg fds left open: {leaked}"
+    assert threading.active_count() <= threads + 1
