@@ -16,6 +16,10 @@ BENCHMARKS = {
         "benchmarks.bench_channel",
         "ping-pong between two processes: ShmRing vs a raw shm+futex floor vs a Pipe",
     ),
+    "graph": (
+        "benchmarks.bench_graph",
+        "Ray core vs Ray's Compiled Graph vs raycg: latency, throughput, compile, idle CPU",
+    ),
 }
 
 

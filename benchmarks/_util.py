@@ -9,6 +9,7 @@ import datetime
 import gc
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
@@ -181,6 +182,17 @@ def describe_machine() -> str:
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
         f"numpy {_version('numpy')}, torch {_version('torch')}"
     )
+
+
+def warn_if_busy(limit: float = 0.5) -> float:
+    """The 1-minute load average; says on stderr when other work will skew the figures."""
+    load = os.getloadavg()[0]
+    if load > limit:
+        print(
+            f"warning: load average {load:.2f}: other processes are busy, so figures will be noisy",
+            file=sys.stderr,
+        )
+    return load
 
 
 def now_utc() -> str:

@@ -33,14 +33,17 @@ import numpy as np
 
 from raycg.transports import ChannelClosed, ShmRing, ShmRingReader, ShmRingWriter
 from raycg.transports._futex import fence, futex_wait, futex_wake
+from raycg.transports._shm_ring import DEFAULT_SPIN_S
 
 from . import _util
 
 SECTION = "Channel"
 SMALL_VALUE = 42
 ARRAY_BYTES = 8 << 20
-NSLOTS = 4  # an echo child pins the value it echoes until its next read: 2 would stall
+NSLOTS = 4  # slack: an echo child pins the array it echoes until its next read
 SMALL_WARMUP, ARRAY_WARMUP = 20, 2  # unrecorded trips at the start of every batch
+MAX_WARMUP_TRIPS = 2_000
+SPIN_NS = int(DEFAULT_SPIN_S * 1e9)  # the floor spins as long as the ring before it sleeps
 JOIN_TIMEOUT_S = 10.0
 IDLE_SETTLE_S = 0.5  # let the idle reader get past its spin before measuring
 
@@ -74,6 +77,8 @@ def _ring_echo(ping: Any, pong: Any) -> None:
 
 
 class _RingPair:
+    settled_ns = SPIN_NS  # a trip shorter than the spin slept nowhere
+
     def __init__(self, ctx: Any):
         self._rings = [ShmRing(NSLOTS, 1, name="bench.ping"), ShmRing(NSLOTS, 1, name="bench.pong")]
         ping, pong = self._rings
@@ -107,7 +112,6 @@ class _RingPair:
 
 _STOP = (1 << 64) - 1
 _DATA_AT = 4096
-_SPIN_NS = 50_000  # the ring's default spin, so both wait alike
 _SLICE_S = 0.1
 _GIVE_UP_S = 30.0  # a dead peer must end the run, not hang it
 
@@ -163,7 +167,7 @@ class _FloorEnd:
 
     def _wait(self) -> None:
         i, seen = self._i, self._seen
-        spin_end = time.perf_counter_ns() + _SPIN_NS
+        spin_end = time.perf_counter_ns() + SPIN_NS
         give_up = time.monotonic() + _GIVE_UP_S
         while i[self._in_seq] == seen:
             if time.perf_counter_ns() < spin_end:
@@ -196,6 +200,8 @@ def _floor_echo(pid: int, fd: int, capacity_bytes: int) -> None:
 
 
 class _FloorPair:
+    settled_ns = SPIN_NS
+
     def __init__(self, ctx: Any, capacity_bytes: int):
         self._fd = os.memfd_create("bench.floor", os.MFD_CLOEXEC)
         os.ftruncate(self._fd, _DATA_AT + 2 * capacity_bytes)
@@ -225,6 +231,8 @@ def _pipe_echo(conn: Connection) -> None:
 
 
 class _PipePair:
+    settled_ns = None  # recv always sleeps in the kernel: there is no awake state to reach
+
     def __init__(self, ctx: Any):
         self._conn, child_conn = ctx.Pipe()
         self.proc = ctx.Process(target=_pipe_echo, args=(child_conn,), daemon=True)
@@ -251,10 +259,29 @@ def _join(proc: Any) -> None:
 # --- measuring ----------------------------------------------------------------------
 
 
-def _runner(round_trip: Callable[[Any], object], value: object, warmup: int) -> Callable[[int], list[int]]:
+def _warm_up(round_trip: Callable[[Any], object], value: object, trips: int, settled_ns: int | None) -> int:
+    """Unrecorded trips before a batch; how many. With ``settled_ns``: until ``trips``
+    in a row each took less, so that both processes are awake and spinning.
+
+    The child has slept since its last batch, and on a VM waking a process can take
+    longer than the spin: then each side sleeps before the other answers, trip after
+    trip, until one wakes up in time. A fixed count of trips may not get out of that.
+    """
+    clock = time.perf_counter_ns
+    in_a_row = done = 0
+    while in_a_row < trips and done < MAX_WARMUP_TRIPS:
+        t0 = clock()
+        round_trip(value)
+        done += 1
+        in_a_row = in_a_row + 1 if settled_ns is None or clock() - t0 < settled_ns else 0
+    return done
+
+
+def _runner(
+    round_trip: Callable[[Any], object], value: object, warmup: int, settled_ns: int | None = None
+) -> _util.Runner:
     def run(n: int) -> list[int]:
-        for _ in range(warmup):
-            round_trip(value)
+        _warm_up(round_trip, value, warmup, settled_ns)
         with _util.gc_disabled():
             return _util.time_calls(round_trip, value, n)
 
@@ -291,7 +318,9 @@ def _measure_round_trips(pairs: dict[str, Any], plan: Plan) -> tuple[dict, dict]
     for label, pair in pairs.items():
         _check_echo(label, pair.round_trip, SMALL_VALUE, 2 * SMALL_WARMUP)
         _check_echo(label, pair.round_trip, array, 2 * NSLOTS)
-    small = {label: _runner(p.round_trip, SMALL_VALUE, SMALL_WARMUP) for label, p in pairs.items()}
+    small = {
+        label: _runner(p.round_trip, SMALL_VALUE, SMALL_WARMUP, p.settled_ns) for label, p in pairs.items()
+    }
     large = {label: _runner(p.round_trip, array, ARRAY_WARMUP) for label, p in pairs.items()}
     large[MEMCPY] = _runner(_two_copies(array), None, ARRAY_WARMUP)
     return (
@@ -376,20 +405,12 @@ def _targets(small: dict, large: dict, idle_pct: float) -> list[_util.Target]:
     ]
 
 
-def _entry(plan: Plan, quick: bool, small: dict, large: dict, idle: tuple[float, float]) -> str:
-    idle_pct, sleeps_per_s = idle
-    run = (
+def _run_line(plan: Plan, quick: bool, load: float, sleeps_per_s: float) -> str:
+    return (
         f"{plan.small_trips:,} small round trips (batches of {plan.small_batch:,}), "
         f"{plan.array_trips:,} 8 MiB round trips (batches of {plan.array_batch:,}), "
-        f"idle reader {plan.idle_s:g} s ({sleeps_per_s:.1f} sleeps/s)" + (" — quick run" if quick else "")
-    )
-    return "\n\n".join(
-        [
-            f"### {_util.now_utc()}",
-            f"Machine: {_util.describe_machine()}.\nRun: {run}.",
-            _round_trip_table(small, large, idle_pct),
-            _util.format_targets(_targets(small, large, idle_pct)),
-        ]
+        f"idle reader {plan.idle_s:g} s ({sleeps_per_s:.1f} sleeps/s); "
+        f"1-minute load average before the run {load:.2f}" + (" — quick run" if quick else "")
     )
 
 
@@ -397,9 +418,17 @@ def main(argv: list[str]) -> int:
     parser = _util.make_parser("channel", __doc__.splitlines()[0])
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
+    load = _util.warn_if_busy()
     small, large = _run_ping_pong(plan)
-    idle = _measure_idle_reader(plan.idle_s)
-    entry = _entry(plan, args.quick, small, large, idle)
+    idle_pct, sleeps_per_s = _measure_idle_reader(plan.idle_s)
+    entry = "\n\n".join(
+        [
+            f"### {_util.now_utc()}",
+            f"Machine: {_util.describe_machine()}.\nRun: {_run_line(plan, args.quick, load, sleeps_per_s)}.",
+            _round_trip_table(small, large, idle_pct),
+            _util.format_targets(_targets(small, large, idle_pct)),
+        ]
+    )
     print(entry)
     if args.record:
         _util.record_run(SECTION, entry)

@@ -55,10 +55,7 @@ def compare(name: str, build: Callable[[], object], core: Callable[[int], object
     raycg_us = per_call_us(lambda i: ray.get(graph.execute(i)), n)
     graph.teardown()
 
-    print(
-        f"{name:<14} {core_us:>10.1f} {ray_us:>12.1f} {raycg_us:>9.1f}"
-        f" {ray_us / raycg_us:>14.1f}x"
-    )
+    print(f"{name:<14} {core_us:>10.1f} {ray_us:>12.1f} {raycg_us:>9.1f} {ray_us / raycg_us:>14.1f}x")
 
 
 def main() -> None:

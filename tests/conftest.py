@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import os
-import threading
 import time
 from collections.abc import Iterator
 
@@ -63,22 +62,15 @@ def actors(ray_local: None) -> list[ray.actor.ActorHandle]:
     return handles
 
 
-def _shm_entries() -> set[str]:
-    return set(os.listdir("/dev/shm"))
-
-
-def _fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
 @pytest.fixture
 def no_leaks(actors: list[ray.actor.ActorHandle]) -> Iterator[None]:
     """After the test: no new /dev/shm entry, no new fd in this process, no executor
     thread left on the shared actors."""
     from raycg.runtime import actor_running_graphs
+    from raycg.runtime.testing import new_shm_entries, raycg_fds, raycg_threads, shm_entries
 
     gc.collect()
-    shm, fds, threads = _shm_entries(), _fds(), threading.active_count()
+    shm = shm_entries()
     yield
     gc.collect()
     deadline = time.monotonic() + 5
@@ -88,8 +80,6 @@ def no_leaks(actors: list[ray.actor.ActorHandle]) -> Iterator[None]:
             break
         time.sleep(0.05)
     assert not running, f"executors still running on the actors: {running}"
-    assert _shm_entries() - shm == set(), "new entries in /dev/shm"
-    leaked = {fd: os.path.realpath(f"/proc/self/fd/{fd}") for fd in _fds() - fds if os.path.exists(f"/proc/self/fd/{fd}")}
-    leaked = {fd: p for fd, p in leaked.items() if "memfd:raycg" in p}
-    assert not leaked, f"raycg fds left open: {leaked}"
-    assert threading.active_count() <= threads + 1
+    assert new_shm_entries(shm) == set(), "new entries in /dev/shm"
+    assert raycg_fds() == {}, "raycg fds left open"
+    assert raycg_threads() == [], "raycg threads left running"

@@ -173,6 +173,6 @@ def test_compile_refuses_a_dead_actor_and_creates_nothing(fresh: list) -> None:
     time.sleep(0.5)
     with InputNode() as inp:
         dag = b.inc.bind(a.inc.bind(inp))
-    with pytest.raises(ValueError, match="dead|died"):
+    with pytest.raises(ValueError, match=r"dead|died"):
         raycg.compile(dag)
     assert actor_running_graphs(a) == []

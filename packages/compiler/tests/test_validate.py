@@ -12,6 +12,8 @@ import ray
 from compiler_helpers import Echo, compile_debug, plain_function
 from ray.dag import InputNode, MultiOutputNode
 
+from raycg.proto import Projection
+
 
 def test_function_task_is_not_implemented(actors: list[Any]) -> None:
     with InputNode() as inp:
@@ -122,3 +124,17 @@ def test_zero_num_returns(actors: list[Any]) -> None:
         dag = actors[0].echo.options(num_returns=0).bind(inp)
     with pytest.raises(ValueError, match=r"^Echo.echo: num_returns=0 cannot be compiled"):
         compile_debug(dag)
+
+
+def test_an_unread_return_of_a_read_task_is_no_leaf(actors: list[Any]) -> None:
+    with InputNode() as inp:
+        left, _right = actors[0].split.options(num_returns=2).bind(inp)
+    compiled = compile_debug(left)  # the task is read; its errors reach the driver
+    assert [list(o.projections) for o in compiled.plan.outputs] == [[Projection(index=0)]]
+
+
+def test_the_input_alone_is_no_graph(ray_local: None) -> None:
+    with InputNode() as inp:
+        pass
+    with pytest.raises(ValueError, match=r"^the DAG ends with the InputNode"):
+        compile_debug(inp)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
+
+from ray.actor import ActorHandle
 
 from raycg.proto import Options, Plan
 
@@ -19,7 +22,7 @@ class CompiledPlan:
 
     plan: Plan
     graph: Graph  # after the passes: print(compiled.graph)
-    actors: dict[str, object]  # actor id hex -> ActorHandle: how the runtime reaches them
+    actors: dict[str, ActorHandle[Any]]  # actor id hex -> handle: how the runtime reaches them
 
 
 def compile_plan(
@@ -51,4 +54,5 @@ def compile_plan(
     locate_actors(graph, locate_timeout_s)
     run_passes(graph, debug=debug)
     plan = emit_plan(graph)
-    return CompiledPlan(plan, graph, {actor_id: a.handle for actor_id, a in graph.actors.items()})
+    handles = {actor_id: cast("ActorHandle[Any]", a.handle) for actor_id, a in graph.actors.items()}
+    return CompiledPlan(plan, graph, handles)

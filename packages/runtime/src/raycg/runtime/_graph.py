@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 from ray.actor import ActorHandle
-from ray.core.generated.common_pb2 import ActorDiedErrorContext
+from ray.core.generated.common_pb2 import ActorDiedErrorContext  # type: ignore[attr-defined]
 from ray.exceptions import ActorDiedError, RayCgraphCapacityExceeded, RayChannelError
 
 from raycg.proto import ActorSetup, ActorStatus, ChannelPlan, Plan, ShmEndpoint, Transport
@@ -90,6 +90,7 @@ class CompiledGraph:
         self._results: dict[int, list[Any]] = {}
         self._dropped: dict[int, set[int]] = {}
         self._torn_down = False
+        self._closing = False
         self._teardown_reason: str | None = None
         self._processes: dict[str, tuple[int, int]] = {}  # actor id -> (pid, start time)
         self._died: ActorDiedError | None = None  # set by the monitor thread
@@ -151,7 +152,7 @@ class CompiledGraph:
 
     def _setup_actors(self, endpoints: dict[str, list[ShmEndpoint]]) -> None:
         plan = self._plan
-        calls = []
+        calls: list[tuple[Any, Any]] = []
         for ap in plan.actors:
             used = {c for t in ap.tasks for c in (*t.inputs, *t.outputs)}
             setup = ActorSetup(
@@ -187,7 +188,7 @@ class CompiledGraph:
                         f"flight and {len(self._results)} results buffered (max_buffered_results="
                         f"{self._max_buffered}); get some results before executing more"
                     )
-                self._read_next_execution(deadline, "execute")
+                self._read_next_execution(deadline, "execute", copy=True)
             try:
                 self._input.write((args, kwargs), remaining(deadline))
             except ChannelError as e:
@@ -221,20 +222,22 @@ class CompiledGraph:
                         f"compiled graph {self.graph_id[:8]}: {len(self._results)} results buffered "
                         f"(max_buffered_results={self._max_buffered}); get earlier results first"
                     )
-                self._read_next_execution(deadline, "get")
+                # Results of executions nobody asked for yet go to the buffer as
+                # copies: a buffered result must never pin the ring.
+                self._read_next_execution(deadline, "get", copy=idx != self._next_read)
             row = self._results[idx]
             value = row[out]
             self._take(idx, out)
             return value
 
-    def _read_next_execution(self, deadline: float, what: str) -> None:
+    def _read_next_execution(self, deadline: float, what: str, copy: bool) -> None:
         """Read every output ring once for execution ``_next_read`` into the buffer."""
         partial = self._partial
         try:
             while len(partial) < len(self._out_readers):
                 reader = self._out_readers[len(partial)]
                 self._check_not_pinned_by_us(reader, len(partial))
-                partial.append(reader.read(remaining(deadline)))
+                partial.append(reader.read(remaining(deadline), copy=copy))
         except ChannelError as e:
             raise self._fault(e, what) from e
         row = [
@@ -242,7 +245,9 @@ class CompiledGraph:
             for v, proj in ((partial[c], p) for c, p in self._out_map)
         ]
         idx = self._next_read
-        self._partial = []
+        # Empty the list in place: a traceback of an earlier failed read may still
+        # reference it, and must not keep (and pin) this execution's values.
+        partial.clear()
         self._next_read += 1
         self._results[idx] = row
         for out in self._dropped.pop(idx, ()):
@@ -292,6 +297,8 @@ class CompiledGraph:
         """
         if isinstance(e, ChannelTimeout) and not isinstance(e, SlotPinned):
             return _errors.to_ray_error(e, f"{what} on graph {self.graph_id[:8]}")
+        if self._closing and self._died is None:  # teardown (another thread) woke us
+            return _errors.torn_down_error(self.graph_id, self._teardown_reason)
         if self._died is None and not self._torn_down:
             dead = _monitor.first_dead(self._processes)
             if dead is not None:
@@ -360,6 +367,7 @@ class CompiledGraph:
         and can serve ordinary calls or a new graph at once."""
         if self._torn_down:
             return
+        self._closing = True
         # Close the rings before taking the lock: a get or execute blocked in another
         # thread holds it, and closing is what wakes it (with ChannelClosed).
         for ring in list(self._res.rings):
@@ -384,7 +392,9 @@ class CompiledGraph:
             for aid, h in self._actors.items()
             if _monitor.first_dead({aid: self._processes.get(aid, (0, 0))}) is None
         ]
-        refs = [h.__ray_call__.remote(teardown_actor, self.graph_id, TEARDOWN_TIMEOUT_S) for h in alive]
+        refs: list[Any] = [
+            h.__ray_call__.remote(teardown_actor, self.graph_id, TEARDOWN_TIMEOUT_S) for h in alive
+        ]
         for ref in refs:
             try:
                 ray.get(ref, timeout=TEARDOWN_TIMEOUT_S + 5)

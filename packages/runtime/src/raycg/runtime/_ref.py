@@ -24,7 +24,7 @@ class GraphRef(CompiledDAGRef):
     def __init__(self, graph: CompiledGraph, execution_index: int, output_index: int):
         self._graph = graph
         self._execution_index = execution_index
-        self._channel_index = output_index
+        self._channel_index: int = output_index
         self._ray_get_called = False
 
     def __str__(self) -> str:

@@ -48,3 +48,13 @@ def open_writer(spec: ShmRingSpec, **kwargs: object) -> ShmRingWriter:
 def open_reader(spec: ShmRingSpec, index: int, **kwargs: object) -> ShmRingReader:
     """Open read end ``index`` of the channel ``spec`` describes."""
     return ShmRingReader(spec, index, **kwargs)  # type: ignore[arg-type]
+
+
+def _install_faults() -> None:
+    # Fault injection for chaos runs: a no-op unless RAYCG_FAULTS is set (see _faults).
+    from ._faults import install_from_env
+
+    install_from_env()
+
+
+_install_faults()

@@ -14,10 +14,58 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import weakref
 
 from ._errors import ChannelBroken
 
 PAGE_BYTES = mmap.PAGESIZE
+
+# Why not mmap.mmap: on Python < 3.13 it keeps a dup of the file descriptor for as long
+# as the mapping lives, and a mapping lives as long as any zero-copy value or any
+# traceback frame that references it. Mapping through libc keeps no fd at all: a peer
+# closes its fd right after mapping, and the memory is unmapped when the last Python
+# object exporting it is garbage-collected (a finalizer on the ctypes array).
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
+_libc.munmap.restype = ctypes.c_int
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class _Unmapper:
+    """munmap, called once the mapping's exporter is garbage. ``done`` tells code that
+    runs during the same garbage collection (an endpoint's ``__del__``, which CPython
+    calls after weakref callbacks) that the memory is gone and must not be touched."""
+
+    __slots__ = ("addr", "done", "size_bytes")
+
+    def __init__(self, addr: int, size_bytes: int):
+        self.addr, self.size_bytes, self.done = addr, size_bytes, False
+
+    def __call__(self) -> None:
+        self.done = True
+        _libc.munmap(self.addr, self.size_bytes)
+
+
+def _map(fd: int, size_bytes: int) -> tuple[ctypes.Array[ctypes.c_char], _Unmapper]:
+    """Map ``size_bytes`` of ``fd`` shared, read-write; unmapped when the returned array
+    (and everything exporting it) is gone."""
+    addr = _libc.mmap(None, size_bytes, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    if addr is None or addr == _MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap of {size_bytes} bytes failed: {os.strerror(err)}")
+    buf = (ctypes.c_char * size_bytes).from_address(addr)
+    unmapper = _Unmapper(addr, size_bytes)
+    weakref.finalize(buf, unmapper)
+    return buf, unmapper
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -29,7 +77,12 @@ class Segment:
     (so that peers can open it by ``(pid, fd)``); peers close theirs right after
     mapping."""
 
-    __slots__ = ("_anchor", "address", "fd", "mm", "owned", "pid", "size_bytes", "view")
+    __slots__ = ("__weakref__", "_unmapper", "address", "fd", "mm", "owned", "pid", "size_bytes", "view")
+
+    @property
+    def mapped(self) -> bool:
+        """False once the memory is unmapped: then nothing may read or write it."""
+        return not self._unmapper.done
 
     def __init__(self, size_bytes: int, map_fd: int, pid: int, fd: int, owned: bool):
         # (pid, fd): where peers open this segment; map_fd: the fd we map it from.
@@ -37,13 +90,12 @@ class Segment:
         self.pid = pid
         self.fd = fd
         self.owned = False  # set once mapped: if mmap fails, create() closes the fd itself
-        self.mm = mmap.mmap(map_fd, size_bytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        # The exporter of the mapping: zero-copy values keep it (and so the mapping) alive.
+        self.mm: ctypes.Array[ctypes.c_char] | None
+        self.mm, self._unmapper = _map(map_fd, size_bytes)
         self.owned = owned
-        # A ctypes view pins the mapping's address for futex calls; it is dropped
-        # before the mapping is closed (close() refuses while exports exist).
-        self._anchor: ctypes.c_char | None = ctypes.c_char.from_buffer(self.mm)
-        self.address = ctypes.addressof(self._anchor)
-        self.view: memoryview | None = memoryview(self.mm)
+        self.address = ctypes.addressof(self.mm)
+        self.view: memoryview | None = memoryview(self.mm).cast("B")
 
     @classmethod
     def create(cls, size_bytes: int, name: str) -> Segment:
@@ -82,20 +134,15 @@ class Segment:
             os.close(own_fd)
 
     def close(self) -> None:
-        """Unmap (once nothing else exports the mapping) and close the owner's fd."""
-        self._anchor = None
+        """Drop our hold on the mapping (it is unmapped once no zero-copy value or view
+        still exports it) and close the owner's fd."""
         if self.view is not None:
             try:
                 self.view.release()
             except BufferError:
                 pass  # slices of it are alive; the mapping goes with the last of them
             self.view = None
-        try:
-            self.mm.close()
-        except BufferError:
-            # Zero-copy values still point into the mapping; it is unmapped when the
-            # last of them is garbage-collected (the mmap object owns the mapping).
-            pass
+        self.mm = None
         self._close_fd()
 
     def _close_fd(self) -> None:

@@ -243,6 +243,11 @@ class _Endpoint(Channel):
         # copy of an endpoint must not close the parent's channel.
         if getattr(self, "_pid", None) != os.getpid():
             return
+        # Collected in a cycle with its mapping, the memory may already be unmapped
+        # (weakref callbacks run before __del__): then there is nothing to close.
+        ctrl = getattr(self, "_ctrl", None)
+        if ctrl is None or not ctrl.seg.mapped:
+            return
         try:
             self.close()
         except Exception:
@@ -532,7 +537,9 @@ class ShmRingReader(_Endpoint):
         """The sequence number the next read returns."""
         return self._next
 
-    def read(self, timeout_s: float | None = None) -> object:
+    def read(self, timeout_s: float | None = None, *, copy: bool = False) -> object:
+        """The next value. ``copy=True`` copies its buffers out of the slot instead of
+        pinning it (for values that will be kept a while, e.g. in a result buffer)."""
         q, i = self._ctrl.q, self._ctrl.i
         if self._unpinned:
             self._drain_unpinned()  # publish dropped values before we may sleep
@@ -557,14 +564,16 @@ class ShmRingReader(_Endpoint):
                 return pickle.loads(view[base : base + meta_len])
             finally:  # a value that fails to unpickle is consumed all the same
                 self._release_through(seq + 1)
-        return self._read_with_buffers(seq, seg, base, meta_len, nbufs)
+        return self._read_with_buffers(seq, seg, base, meta_len, nbufs, copy)
 
-    def _read_with_buffers(self, seq: int, seg: Segment, base: int, meta_len: int, nbufs: int) -> object:
+    def _read_with_buffers(
+        self, seq: int, seg: Segment, base: int, meta_len: int, nbufs: int, copy: bool = False
+    ) -> object:
         view = seg.view
         assert view is not None
         table = struct.unpack_from(f"<{2 * nbufs}Q", view, base)
         meta = view[base + 16 * nbufs : base + 16 * nbufs + meta_len]
-        if sum(table[1::2]) < self._zero_copy_min:
+        if copy or sum(table[1::2]) < self._zero_copy_min:
             bufs = [bytearray(view[base + o : base + o + n]) for o, n in zip(table[0::2], table[1::2])]
             try:
                 return pickle.loads(meta, buffers=bufs)
@@ -573,7 +582,8 @@ class ShmRingReader(_Endpoint):
         # Zero copy: one read-only view of the slot, owned by an ndarray we can watch.
         with self._pin_lock:
             self._pinned[seq] = "a zero-copy value being decoded"
-        pin = np.frombuffer(seg.mm, dtype=np.uint8, count=table[-2] + table[-1], offset=base)
+        count = table[-2] + table[-1]
+        pin = np.frombuffer(seg.mm, dtype=np.uint8, count=count, offset=base)  # type: ignore[call-overload]
         weakref.finalize(pin, _on_unpin, self._self_ref, self._unpinned, seq).atexit = False
         pv = pin.data.toreadonly()
         bufs2 = [pv[o : o + n] for o, n in zip(table[0::2], table[1::2])]

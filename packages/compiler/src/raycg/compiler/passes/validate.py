@@ -104,9 +104,8 @@ def _check_outputs(graph: Graph) -> None:
     for i, arg in enumerate(out.args):
         if isinstance(arg, Const) or arg.node.op != "call":
             what = "a constant" if isinstance(arg, Const) else "the InputNode"
-            raise ValueError(
-                f"{out.display_name}: output {i} is {what}; an output must be an actor method's result"
-            )
+            where = f"MultiOutputNode: output {i} is" if out.meta["multi_output"] else "the DAG ends with"
+            raise ValueError(f"{where} {what}; a graph output must be an actor method's result")
 
 
 def _refuse_inputless_tasks(graph: Graph) -> None:
@@ -158,8 +157,8 @@ def _on(node: Node) -> str:
 _CHECKS: tuple[Callable[[Graph], None], ...] = (
     _refuse_unsupported,
     _refuse_bad_args,
-    _check_input,
     _check_outputs,
+    _check_input,
     _refuse_inputless_tasks,
     _refuse_leaves,
     _refuse_dead_actors,

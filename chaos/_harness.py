@@ -1,0 +1,138 @@
+"""What every chaos run shares: the cluster, the actors, the leak checks, the bounds."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import ray
+
+# A documented error must reach the caller within this many seconds of the fault.
+ERROR_BOUND_S = 2.0
+# Executors and channels must be gone within this many seconds of the graph's end.
+CLEANUP_BOUND_S = 10.0
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class Stage:
+    """One stage of the pipelined graph under test."""
+
+    def inc(self, x: int) -> int:
+        return x + 1
+
+    def work(self, x: Any, seconds: float = 0.002) -> Any:
+        time.sleep(seconds)
+        return x
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one run saw: the fault, what the caller got, and how fast."""
+
+    scenario: str
+    seed: int
+    fault: str
+    error: str
+    seconds_to_error: float
+    detail: str = ""
+
+    def line(self) -> str:
+        return (
+            f"[chaos] {self.scenario} seed={self.seed}: {self.fault} -> {self.error} "
+            f"in {self.seconds_to_error:.3f} s {self.detail}"
+        )
+
+
+def ensure_ray() -> None:
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
+def make_stages(n: int, **options: Any) -> list[Any]:
+    stages = [Stage.options(**options).remote() for _ in range(n)]
+    ray.get([s.pid.remote() for s in stages])
+    return stages
+
+
+def kill_all(stages: list[Any]) -> None:
+    for s in stages:
+        try:
+            ray.kill(s)
+        except Exception:
+            pass
+
+
+@contextmanager
+def no_leaks(stages: list[Any]) -> Iterator[None]:
+    """Around a run: afterwards, within CLEANUP_BOUND_S, no new /dev/shm entry, no raycg
+    fd or thread in this process, and no executor left on the surviving stages."""
+    from raycg.runtime import actor_running_graphs
+    from raycg.runtime.testing import new_shm_entries, raycg_fds, raycg_threads, shm_entries
+
+    shm = shm_entries()
+    yield
+    deadline = time.monotonic() + CLEANUP_BOUND_S
+    while True:
+        gc.collect()
+        problems = []
+        if new_shm_entries(shm):
+            problems.append(f"/dev/shm: {new_shm_entries(shm)}")
+        if raycg_fds():
+            problems.append(f"fds: {raycg_fds()}")
+        if raycg_threads():
+            problems.append(f"threads: {raycg_threads()}")
+        for s in stages:
+            try:
+                running = actor_running_graphs(s)
+            except ray.exceptions.RayActorError:
+                continue  # the stage we killed
+            if running:
+                problems.append(f"executors on {s}: {running}")
+        if not problems:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"left behind after {CLEANUP_BOUND_S} s: {problems}")
+        time.sleep(0.1)
+
+
+def expect_error(
+    run: Callable[[], Any],
+    expected: type[BaseException] | tuple[type[BaseException], ...],
+    since: float | list[float],
+) -> tuple[BaseException, float]:
+    """Run until ``run`` raises; check the class and that it came within the bound of
+    the fault's time (``since``, or its first element once a fault thread set it)."""
+    try:
+        while True:
+            run()
+    except expected as e:
+        fault_at = since if isinstance(since, float) else since[0]
+        took = time.monotonic() - fault_at
+        assert took <= ERROR_BOUND_S, f"{type(e).__name__} came {took:.2f} s after the fault"
+        return e, max(took, 0.0)
+
+
+def cli(scenario: Callable[[int], Outcome]) -> None:
+    """``python -m chaos.<name> --seed N [--runs K]``."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seed", type=int, default=random.randrange(1 << 30))
+    parser.add_argument("--runs", type=int, default=1)
+    args = parser.parse_args()
+    ensure_ray()
+    for k in range(args.runs):
+        seed = args.seed + k
+        print(f"[chaos] seed={seed} (replay: --seed {seed})", flush=True)
+        print(scenario(seed).line(), flush=True)
+    ray.shutdown()
+    sys.exit(0)

@@ -1,0 +1,88 @@
+"""Leak checks for tests and the chaos suite: what raycg could leave behind.
+
+Used by tests/ and chaos/ after a graph's end: new /dev/shm entries, raycg memfds
+still open in this process, raycg threads still running.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+
+# Ray's own Compiled Graph names its semaphores after the creating pid; other sessions
+# on the machine (a benchmark running Ray's graphs, say) create them, and they are not
+# ours to answer for.
+_PID_IN_NAME = re.compile(r"^sem\.(?:obj|hdr)(\d+)-")
+# Python's multiprocessing names its semaphores sem.mp-*: created by test harnesses
+# (ours included, in other pytest workers), never by raycg.
+_MULTIPROCESSING = re.compile(r"^sem\.mp-")
+
+
+def _session_pids() -> set[int]:
+    """This process, and every process below this node's raylet (Ray's workers)."""
+    ours = {os.getpid()}
+    try:
+        import ray
+
+        node = ray._private.worker._global_node
+        roots: set[int] = {p.process.pid for p in node.all_processes.get("raylet", [])} if node else set()
+    except Exception:
+        roots = set()
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+                parents[int(entry)] = int(stat[stat.rfind(b")") + 2 :].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    for pid in parents:
+        p, seen = pid, 0
+        while p in parents and seen < 64:
+            if p in roots:
+                ours.add(pid)
+                break
+            p, seen = parents[p], seen + 1
+    return ours
+
+
+def shm_entries() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+def new_shm_entries(before: set[str]) -> set[str]:
+    """Entries of /dev/shm that appeared since ``before`` and belong to this session."""
+    new = shm_entries() - before
+    if not new:
+        return new
+    ours = _session_pids()
+    kept = set()
+    for name in new:
+        if _MULTIPROCESSING.match(name):
+            continue
+        m = _PID_IN_NAME.match(name)
+        if m is None or int(m.group(1)) in ours:
+            kept.add(name)
+    return kept
+
+
+def raycg_fds() -> dict[str, str]:
+    """This process's open fds on raycg segments (fd -> what it points to)."""
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if "memfd:raycg" in target:
+            out[fd] = target
+    return out
+
+
+def raycg_threads() -> list[str]:
+    """raycg's threads in this process, but the monitor (which exits on its own)."""
+    return [
+        t.name for t in threading.enumerate() if t.name.startswith("raycg-") and t.name != "raycg-monitor"
+    ]

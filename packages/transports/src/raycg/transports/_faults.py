@@ -1,0 +1,99 @@
+"""Fault injection for the chaos suite: stall or corrupt a channel, on purpose.
+
+Off by default and costless when off: nothing here runs unless the environment
+variable ``RAYCG_FAULTS`` is set when ``raycg.transports`` is imported, and only then
+are the ring's ``read``/``write`` methods wrapped (the hot path is untouched otherwise).
+
+``RAYCG_FAULTS`` is a JSON list of faults, each::
+
+    {"op": "read" | "write",     which end's call the fault hits
+     "channel": "a.work",        a substring of the channel's name ("" = any)
+     "after": 5,                 let this many calls through first
+     "kind": "stall" | "corrupt",
+     "seconds": 2.0}             stall only: how long (a close still ends it at once)
+
+A *stall* makes the call hang as a stuck peer would (the other end sees no progress,
+then its timeout). A *corrupt* write publishes a slot record with a wrong sequence
+number, as a scribbled header would look: the reader raises ChannelBroken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+ENV = "RAYCG_FAULTS"
+
+
+@dataclasses.dataclass
+class Fault:
+    op: str
+    channel: str = ""
+    after: int = 0
+    kind: str = "stall"
+    seconds: float = 1.0
+    seen: int = 0
+
+    def hits(self, endpoint: Any, op: str) -> bool:
+        if op != self.op or self.channel not in endpoint.spec.name:
+            return False
+        self.seen += 1
+        return self.seen == self.after + 1
+
+
+def _stall(endpoint: Any, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        endpoint._check_closed()  # a closed channel ends the stall: nothing hangs
+        time.sleep(0.01)
+
+
+def install(faults: list[Fault]) -> None:
+    """Wrap the ring's read and write with ``faults``."""
+    from . import _shm_ring
+
+    reader_read = _shm_ring.ShmRingReader.read
+    writer_write = _shm_ring.ShmRingWriter.write
+
+    def read(self: Any, timeout_s: float | None = None, **kw: Any) -> object:
+        for f in [f for f in faults if f.hits(self, "read")]:
+            if f.kind == "stall":
+                _stall(self, f.seconds)
+        return reader_read(self, timeout_s, **kw)
+
+    def write(self: Any, value: object, timeout_s: float | None = None, **kw: Any) -> None:
+        fired = [f for f in faults if f.hits(self, "write")]
+        for f in fired:
+            if f.kind == "stall":
+                _stall(self, f.seconds)
+        writer_write(self, value, timeout_s, **kw)
+        if any(f.kind == "corrupt" for f in fired):
+            _corrupt_last_record(self)
+
+    _shm_ring.ShmRingReader.read = read  # type: ignore[method-assign,assignment]
+    _shm_ring.ShmRingWriter.write = write  # type: ignore[method-assign]
+
+
+def _corrupt_last_record(writer: Any) -> None:
+    from . import _shm_ring
+
+    seq = writer._seq - 1
+    off = (writer._slots_off + _shm_ring._LINE * (seq % writer.spec.nslots)) // 8
+    writer._ctrl.q[off] = seq + 7919  # a sequence number no reader expects
+
+
+def install_from_env() -> None:
+    raw = os.environ.get(ENV)
+    if not raw:
+        return
+    try:
+        faults = [Fault(**f) for f in json.loads(raw)]
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{ENV} is not a JSON list of faults: {e}") from None
+    install(faults)
+
+
+__all__ = ["ENV", "Fault", "install", "install_from_env"]
