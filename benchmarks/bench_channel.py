@@ -33,7 +33,6 @@ import numpy as np
 
 from raycg.transports import ChannelClosed, ShmRing, ShmRingReader, ShmRingWriter
 from raycg.transports._futex import fence, futex_wait, futex_wake
-from raycg.transports._shm_ring import DEFAULT_SPIN_S
 
 from . import _util
 
@@ -43,7 +42,9 @@ ARRAY_BYTES = 8 << 20
 NSLOTS = 4  # slack: an echo child pins the array it echoes until its next read
 SMALL_WARMUP, ARRAY_WARMUP = 20, 2  # unrecorded trips at the start of every batch
 MAX_WARMUP_TRIPS = 2_000
-SPIN_NS = int(DEFAULT_SPIN_S * 1e9)  # the floor spins as long as the ring before it sleeps
+# The floor spins as long as the ring does by default (its DEFAULT_SPIN_S, 50 µs)
+# before it sleeps, so both wait alike.
+SPIN_NS = 50_000
 JOIN_TIMEOUT_S = 10.0
 IDLE_SETTLE_S = 0.5  # let the idle reader get past its spin before measuring
 

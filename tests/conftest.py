@@ -83,3 +83,17 @@ def no_leaks(actors: list[ray.actor.ActorHandle]) -> Iterator[None]:
     assert new_shm_entries(shm) == set(), "new entries in /dev/shm"
     assert raycg_fds() == {}, "raycg fds left open"
     assert raycg_threads() == [], "raycg threads left running"
+
+
+def wait_process_gone(pid: int, timeout_s: float = 10.0) -> None:
+    """Until process ``pid`` has exited (a zombie counts): ray.kill returns before."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except OSError:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} still runs after {timeout_s} s")

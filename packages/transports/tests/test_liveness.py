@@ -20,6 +20,11 @@ def _sleep_forever() -> None:
 ODD_NAME = "x) Z 1 (y"
 
 
+def _comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
+
+
 def _sleep_forever_oddly_named() -> None:
     with open("/proc/self/comm", "w") as f:  # only a process may rename itself
         f.write(ODD_NAME)
@@ -68,7 +73,7 @@ def test_a_command_name_with_spaces_and_parentheses() -> None:
     pid = proc.pid
     assert pid is not None
     try:
-        wait_until(lambda: open(f"/proc/{pid}/comm").read().strip() == ODD_NAME)
+        wait_until(lambda: _comm(pid) == ODD_NAME)
         start = process_start_time(pid)
         assert start is not None and is_alive(pid, start)
     finally:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from transports_testing import Call, Peer, big_array, digest, mapping_of, open_fds, raycg_mappings
 
-from raycg.transports import ShmRing, SlotPinned, ValueNotSerializable
+from raycg.transports import ChannelClosed, ShmRing, SlotPinned, ValueNotSerializable
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,6 +66,21 @@ def test_large_array_is_read_without_a_copy(value: np.ndarray) -> None:
         assert reader.pinned() == [(0, f"numpy.ndarray(shape={value.shape}, dtype={value.dtype})")]
         del got
         assert reader.pinned() == []
+        reader.close()
+
+
+def test_read_with_copy_does_not_pin() -> None:
+    value = big_array(1 << 18, 4)
+    with ShmRing(1, 1, name="copy") as ring:
+        writer, reader = ring.open_writer(), ring.open_reader(0)
+        writer.write(value)
+        got = reader.read(copy=True)
+        np.testing.assert_array_equal(got, value)
+        assert got.flags.writeable and "raycg" not in (mapping_of(got.ctypes.data) or "")
+        assert reader.pinned() == []
+        writer.write("next", timeout_s=0)  # the slot was released at once
+        assert reader.read() == "next"
+        writer.close()
         reader.close()
 
 
@@ -253,6 +268,21 @@ class TestPinnedSlot:
             assert raycg_mappings()
             del held
         assert raycg_mappings() == []
+
+
+@pytest.mark.parametrize("cyclic", [False, True], ids=["refcount", "cycle"])
+def test_a_dropped_endpoint_closes_the_channel(cyclic: bool) -> None:
+    with ShmRing(1, 1, name="dropclose") as ring:
+        writer = ring.open_writer()
+        reader = ring.open_reader(0, liveness_interval_s=600)  # only a close can wake it
+        waiting = Call(reader.read).wait_blocked()
+        if cyclic:  # collected by the cycle collector, which unmaps before finalizing
+            writer.cycle = writer  # type: ignore[attr-defined]
+        del writer
+        gc.collect()
+        with pytest.raises(ChannelClosed):
+            waiting.outcome()
+        reader.close()
 
 
 def test_endpoint_dropped_in_a_forked_child_leaves_the_channel_open() -> None:

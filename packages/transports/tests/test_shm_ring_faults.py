@@ -7,6 +7,7 @@ autouse leak check), no fd and no mapping once they drop their endpoints.
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
 
@@ -65,7 +66,7 @@ def test_reader_killed_while_the_writer_waits() -> None:
         doomed.call("hold")  # pins slot 0 with a zero-copy value, then dies holding it
         assert live.read() is not None
         writer.write(1)
-        waiting = Call(lambda: writer.write(2)).wait_blocked()  # slot 0 is pinned
+        waiting = Call(functools.partial(writer.write, 2)).wait_blocked()  # slot 0 is pinned
         doomed.kill()
         with pytest.raises(ChannelBroken, match=rf"reader 1 \(pid {doomed.pid}\) died"):
             waiting.outcome()

@@ -28,7 +28,5 @@ def compile(dag: Any, **options: Any) -> CompiledGraph:
             was created, and the fixed DAG compiles.
     """
     opts = build_options(**options)
-    if opts.enable_asyncio:
-        raise NotImplementedError("enable_asyncio=True is not supported by this raycg release yet")
     compiled = compile_plan(dag, opts)
     return CompiledGraph(compiled.plan, compiled.actors)

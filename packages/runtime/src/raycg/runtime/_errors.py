@@ -22,8 +22,11 @@ from ray.exceptions import (
 from raycg.transports import ChannelBroken, ChannelClosed, ChannelError, ChannelTimeout, SlotPinned
 
 
-def wrap_task_error(exc: BaseException, display_name: str, actor_repr: str) -> RayTaskError:
-    """The value a failed task passes downstream (and the caller's get raises)."""
+def wrap_task_error(
+    exc: BaseException, display_name: str, actor_repr: str, actor_id: str | None = None
+) -> RayTaskError:
+    """The value a failed task passes downstream (and the caller's get raises). Its
+    message starts with ``ray::Class.method()``, as Ray's own task errors do."""
     backtrace = ray._private.utils.format_error_message(
         "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         task_exception=True,
@@ -32,7 +35,9 @@ def wrap_task_error(exc: BaseException, display_name: str, actor_repr: str) -> R
         function_name=display_name,
         traceback_str=backtrace,
         cause=exc,
+        proctitle=f"ray::{display_name}",
         actor_repr=actor_repr,
+        actor_id=actor_id,
     )
 
 

@@ -37,12 +37,28 @@ from raycg.transports import (
 )
 
 from . import _errors
+from ._stats import Recorder, now_ns
 
 Getter = Callable[[list[Any]], Any]
 
 # graph id -> executor, for every graph this actor takes part in.
 _EXECUTORS: dict[str, _Executor] = {}
 _REGISTRY_LOCK = threading.Lock()
+
+# Several graphs per actor. Each graph has its own executor thread on the actor, and
+# the tasks of all of them take this lock around the user's method, so they never run
+# concurrently on one actor (Ray's one-thing-at-a-time actor semantics; ordinary
+# .remote() calls are not serialized with graph tasks, as in Ray's Compiled Graph).
+#
+# Why executing graphs that share actors, interleaved in any order, cannot deadlock:
+# the lock is held only while a method runs, never while a thread waits on a channel,
+# and a method waits on nothing of ours. So the only waits are each graph's own
+# channel waits, and within one graph those cannot form a cycle: every actor runs its
+# tasks in one global topological order (the compiler's schedule pass) and every
+# channel has a slot per execution in flight. Graphs share no channel, no buffer and
+# no thread, so one graph's waits never depend on another's progress; the lock can
+# only delay a task by the length of another graph's method call.
+_TASK_LOCK = threading.Lock()
 
 
 def _project(value: Any, projections: Sequence[Projection], from_input: bool) -> Any:
@@ -71,23 +87,35 @@ def _make_getter(arg: ArgPlan, slots: list[int], from_input: list[bool]) -> Gett
 
 
 class _Task:
-    __slots__ = ("display", "getters", "input_idx", "kwgetters", "method", "num_returns", "reads", "writers")
+    __slots__ = (
+        "display",
+        "getters",
+        "input_idx",
+        "kwgetters",
+        "method",
+        "num_returns",
+        "reads",
+        "stats",
+        "writers",
+    )
 
     def __init__(self, method: Callable[..., Any], display: str, num_returns: int):
         self.method = method
         self.display = display
         self.num_returns = num_returns
-        self.reads: list[tuple[int, Channel]] = []  # channels first read by this task
+        self.reads: list[tuple[int, Channel, Recorder]] = []  # channels first read by this task
         self.input_idx: list[int] = []  # every channel value this task uses
         self.getters: list[Getter] = []
         self.kwgetters: list[tuple[str, Getter]] = []
         self.writers: list[Channel] = []
+        self.stats = Recorder()  # time in the method
 
 
 class _Executor:
     def __init__(self, setup: ActorSetup, instance: object):
         self.graph_id = setup.graph_id
         self.actor_repr = setup.actor.actor_label
+        self.actor_id = setup.actor.actor_id
         self.endpoints: list[Channel] = []
         self.inproc: list[InprocRing] = []
         self.error: str | None = None
@@ -111,6 +139,7 @@ class _Executor:
         }
         self.inproc = list(inproc.values())
         self._index: dict[str, int] = {}
+        self.read_stats: dict[str, Recorder] = {}
         tasks = []
         for tp in setup.actor.tasks:
             task = _Task(getattr(instance, tp.method), tp.display_name, tp.num_returns or 1)
@@ -118,7 +147,8 @@ class _Executor:
             for ch in tp.inputs:
                 if ch not in self._index:
                     self._index[ch] = len(self._index)
-                    task.reads.append((self._index[ch], self._open_reader(plans[ch], me, shm, inproc)))
+                    rec = self.read_stats[ch] = Recorder()  # time waiting for the value
+                    task.reads.append((self._index[ch], self._open_reader(plans[ch], me, shm, inproc), rec))
                 slots.append(self._index[ch])
                 from_input.append(plans[ch].writer.WhichOneof("kind") == "driver")
             task.input_idx = slots
@@ -169,15 +199,19 @@ class _Executor:
 
     def _run_once(self, vals: list[Any]) -> None:
         for task in self.tasks:
-            for idx, reader in task.reads:
+            for idx, reader, rec in task.reads:
+                t0 = now_ns()
                 vals[idx] = reader.read(None)
+                rec.add(now_ns() - t0)
             result = None
             for idx in task.input_idx:
                 if isinstance(vals[idx], RayTaskError):
                     result = vals[idx]  # an upstream task failed: skip this one
                     break
             if result is None:
+                t0 = now_ns()
                 result = self._call(task, vals)
+                task.stats.add(now_ns() - t0)
             for w in task.writers:
                 self._write(w, result, task)
         for i in range(self.nvals):
@@ -186,10 +220,9 @@ class _Executor:
     def _call(self, task: _Task, vals: list[Any]) -> Any:
         try:
             args = [g(vals) for g in task.getters]
-            if task.kwgetters:
-                result = task.method(*args, **{k: g(vals) for k, g in task.kwgetters})
-            else:
-                result = task.method(*args)
+            kwargs = {k: g(vals) for k, g in task.kwgetters}
+            with _TASK_LOCK:  # one graph task at a time on this actor, whatever the graph
+                result = task.method(*args, **kwargs)
             if result is None:
                 return _NONE
             if task.num_returns > 1 and (
@@ -201,7 +234,8 @@ class _Executor:
                 )
             return result
         except Exception as e:
-            return _errors.wrap_task_error(e, task.display, self.actor_repr)
+            task.stats.errors += 1
+            return _errors.wrap_task_error(e, task.display, self.actor_repr, self.actor_id)
 
     def _write(self, w: Channel, result: Any, task: _Task) -> None:
         if result is _NONE:
@@ -262,6 +296,16 @@ def teardown_actor(instance: object, graph_id: str, timeout_s: float) -> bytes:
         status.error.kind = "executor_error"
         status.error.message = ex.error
     return status.SerializeToString()
+
+
+def executor_stats(instance: object, graph_id: str) -> dict[str, Any]:
+    """Runs on the actor: this graph's recorders, summarized."""
+    with _REGISTRY_LOCK:
+        ex = _EXECUTORS.get(graph_id)
+    if ex is None:
+        return {"tasks": {}, "reads": {}}
+    tasks = {f"{i}:{t.display}": t.stats.summary() for i, t in enumerate(ex.tasks, 1)}
+    return {"tasks": tasks, "reads": {cid: rec.summary() for cid, rec in ex.read_stats.items()}}
 
 
 def running_graphs(instance: object) -> list[str]:

@@ -16,7 +16,9 @@ from ._errors import (
 from ._inproc import InprocReader, InprocRing, InprocWriter
 from ._liveness import is_alive as is_process_alive
 from ._liveness import process_start_time
-from ._shm_ring import ShmRing, ShmRingReader, ShmRingSpec, ShmRingWriter
+from ._shm_reader import ShmRingReader
+from ._shm_ring import ShmRing, ShmRingSpec
+from ._shm_writer import ShmRingWriter
 
 __all__ = [
     "Channel",

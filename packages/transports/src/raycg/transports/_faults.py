@@ -53,10 +53,11 @@ def _stall(endpoint: Any, seconds: float) -> None:
 
 def install(faults: list[Fault]) -> None:
     """Wrap the ring's read and write with ``faults``."""
-    from . import _shm_ring
+    from ._shm_reader import ShmRingReader
+    from ._shm_writer import ShmRingWriter
 
-    reader_read = _shm_ring.ShmRingReader.read
-    writer_write = _shm_ring.ShmRingWriter.write
+    reader_read = ShmRingReader.read
+    writer_write = ShmRingWriter.write
 
     def read(self: Any, timeout_s: float | None = None, **kw: Any) -> object:
         for f in [f for f in faults if f.hits(self, "read")]:
@@ -73,8 +74,8 @@ def install(faults: list[Fault]) -> None:
         if any(f.kind == "corrupt" for f in fired):
             _corrupt_last_record(self)
 
-    _shm_ring.ShmRingReader.read = read  # type: ignore[method-assign,assignment]
-    _shm_ring.ShmRingWriter.write = write  # type: ignore[method-assign]
+    ShmRingReader.read = read  # type: ignore[method-assign,assignment]
+    ShmRingWriter.write = write  # type: ignore[method-assign]
 
 
 def _corrupt_last_record(writer: Any) -> None:

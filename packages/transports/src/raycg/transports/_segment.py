@@ -153,6 +153,6 @@ class Segment:
     def __del__(self) -> None:
         # A segment dropped without close() (its ring or writer was dropped) would keep
         # its memfd, and so its memory, until the process exits. The mapping itself
-        # goes with the mmap object.
+        # goes with the last object exporting it (see _map).
         if getattr(self, "owned", False):
             self._close_fd()

@@ -1,0 +1,193 @@
+"""The caller's result buffer: reads the output rings in execution order, hands each
+result to the ref it belongs to, from any thread.
+
+Threads. One thread at a time reads the rings: it holds the *read token* (a lock) while
+it reads one execution, without holding the buffer's lock, so other threads can take
+results already buffered meanwhile. A thread whose result is not buffered waits for the
+token (up to its deadline) and, once it has it, reads the next execution itself. So
+every result reaches its own ref whatever thread asks, and nobody waits longer than its
+own timeout.
+
+Pinning. A result read for the get that asked for it is handed over zero-copy. Results
+read on the way (earlier or later executions nobody asked for yet) are copied into the
+buffer, so the buffer itself never pins a ring slot.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ray.exceptions import RayCgraphCapacityExceeded, RayChannelTimeoutError, RayTaskError
+
+from raycg.proto import Projection
+from raycg.transports import ChannelClosed, ChannelError, ShmRingReader
+from raycg.transports._deadline import remaining
+
+from ._executor import _project
+
+_TAKEN = object()  # a result already returned (or dropped)
+
+Fault = Callable[[ChannelError, str], Exception]
+
+
+class Results:
+    def __init__(
+        self,
+        name: str,
+        readers: list[ShmRingReader],
+        out_map: list[tuple[int, list[Projection]]],
+        max_buffered: int,
+        fault: Fault,
+    ):
+        self._name = name
+        self._readers = readers
+        self._out_map = out_map  # output index -> (reader index, projections)
+        self._max_buffered = max_buffered
+        self._fault = fault
+        self._closed = False
+        # Re-entrant: a fault met while reading tears the graph down, which clears us.
+        self._token = threading.RLock()
+        # Re-entrant: a ref dropped by the garbage collector (GraphRef.__del__) may
+        # call release() while this thread already holds the lock.
+        self._lock = threading.RLock()
+        self.next_read = 0  # the next execution to read from the rings
+        self._partial: list[Any] = []  # its channel values read so far
+        self._rows: dict[int, list[Any]] = {}
+        self._dropped: dict[int, set[int]] = {}
+        self.results_read = 0
+
+    # -- what refs call ---------------------------------------------------------------
+
+    def fetch(self, idx: int, out: int, deadline: float) -> Any:
+        """The result ``out`` of execution ``idx``, reading the rings as needed."""
+        while True:
+            found, value = self._take_buffered(idx, out)
+            if found:
+                return value
+            if not self._acquire_token(deadline):
+                raise RayChannelTimeoutError(
+                    f"get on {self._name}: timed out waiting for execution {idx} "
+                    "(another thread was reading the results)"
+                )
+            try:
+                found, value = self._take_buffered(idx, out)
+                if found:
+                    return value
+                if idx > self.next_read and len(self._rows) >= self._max_buffered:
+                    raise RayCgraphCapacityExceeded(
+                        f"{self._name}: {len(self._rows)} results buffered (max_buffered_results="
+                        f"{self._max_buffered}); get earlier results before execution {idx}'s"
+                    )
+                self._read_one(deadline, "get", copy=idx != self.next_read)
+            finally:
+                self._token.release()
+
+    def drain_one(self, deadline: float) -> None:
+        """Read the oldest execution in flight into the buffer (for ``execute``)."""
+        if not self._acquire_token(deadline):
+            raise RayChannelTimeoutError(f"execute on {self._name}: timed out waiting for a result to drain")
+        try:
+            if len(self._rows) >= self._max_buffered:
+                raise RayCgraphCapacityExceeded(
+                    f"{self._name}: every execution in flight is finished and {len(self._rows)} "
+                    f"results are buffered (max_buffered_results={self._max_buffered}); get some "
+                    "results before executing more"
+                )
+            self._read_one(deadline, "execute", copy=True)
+        finally:
+            self._token.release()
+
+    def release(self, idx: int, out: int) -> None:
+        """A ref was dropped without a get: forget its result, now or when it comes."""
+        with self._lock:
+            if idx in self._rows:
+                self._take(idx, out)
+            elif idx >= self.next_read:
+                self._dropped.setdefault(idx, set()).add(out)
+
+    def clear(self, timeout_s: float = 5.0) -> None:
+        """Forget every result and drop the readers (at teardown)."""
+        got = self._token.acquire(timeout=timeout_s)
+        try:
+            with self._lock:
+                self._rows.clear()
+                self._dropped.clear()
+                self._partial.clear()
+                self._readers = []
+                self._closed = True
+        finally:
+            if got:
+                self._token.release()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._rows)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _acquire_token(self, deadline: float) -> bool:
+        left = remaining(deadline)
+        return self._token.acquire(timeout=-1 if math.isinf(left) else left)
+
+    def _take_buffered(self, idx: int, out: int) -> tuple[bool, Any]:
+        with self._lock:
+            row = self._rows.get(idx)
+            if row is not None and row[out] is not _TAKEN:
+                value = row[out]
+                self._take(idx, out)
+                return True, value
+            if idx < self.next_read:
+                raise ValueError(f"the result of execution {idx} (output {out}) was already released")
+            return False, None
+
+    def _read_one(self, deadline: float, what: str, copy: bool) -> None:
+        """Read every output ring once for execution ``next_read`` (holding the token)."""
+        if self._closed:
+            raise self._fault(ChannelClosed(f"{self._name} is torn down"), what)
+        partial = self._partial
+        try:
+            while len(partial) < len(self._readers):
+                reader = self._readers[len(partial)]
+                self._check_not_pinned_by_us(reader, len(partial))
+                partial.append(reader.read(remaining(deadline), copy=copy))
+        except ChannelError as e:
+            raise self._fault(e, what) from e
+        row = [
+            v if isinstance(v, RayTaskError) or not proj else _project(v, proj, False)
+            for v, proj in ((partial[c], p) for c, p in self._out_map)
+        ]
+        # Empty the list in place: a traceback of an earlier failed read may still
+        # reference it, and must not keep (and pin) this execution's values.
+        partial.clear()
+        with self._lock:
+            idx = self.next_read
+            self._rows[idx] = row
+            self.next_read = idx + 1
+            self.results_read += 1
+            for out in self._dropped.pop(idx, ()):
+                self._take(idx, out)
+
+    def _take(self, idx: int, out: int) -> None:
+        row = self._rows[idx]
+        row[out] = _TAKEN
+        if all(v is _TAKEN for v in row):
+            del self._rows[idx]
+
+    def _check_not_pinned_by_us(self, reader: ShmRingReader, channel_index: int) -> None:
+        """Refuse to wait for a value the writer cannot write because a zero-copy value
+        this process holds pins the slot it needs (waiting would only time out)."""
+        blocking_seq = reader.next_seq - reader.spec.nslots
+        if blocking_seq < 0:
+            return
+        for seq, desc in reader.pinned():
+            if seq == blocking_seq:
+                out = next(i for i, (c, _) in enumerate(self._out_map) if c == channel_index)
+                raise RayCgraphCapacityExceeded(
+                    f"{self._name}: execution {reader.next_seq} cannot complete: its output slot is "
+                    f"pinned by {desc}, a zero-copy result this process still holds from the ref of "
+                    f"execution {seq} (output {out}). Drop that value, or copy it (np.array(value)), "
+                    "and execute again"
+                )

@@ -1,0 +1,104 @@
+"""Setting a plan up: every shared-memory ring is created here, in the caller (the owner
+of all of them), and each actor gets its part of the plan in one ``__ray_call__``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+from ray.actor import ActorHandle
+from ray.exceptions import RayChannelError
+
+from raycg.proto import ActorSetup, ActorStatus, ChannelPlan, Plan, ShmEndpoint, Transport
+from raycg.transports import ShmRing
+
+from ._executor import setup_actor
+
+SETUP_TIMEOUT_S = 60.0
+
+
+class Resources:
+    """What a graph holds in this process, closable without the graph object (so that a
+    finalizer can run it when the last reference to the graph is dropped)."""
+
+    def __init__(self) -> None:
+        self.rings: dict[str, ShmRing] = {}
+        self.endpoints: list[Any] = []
+
+    def close_rings(self) -> None:
+        # Closing a ring sets its shared closed flag: every executor blocked on it, in
+        # any process, wakes with ChannelClosed and exits. No Ray call needed.
+        for ring in list(self.rings.values()):
+            ring.close()
+
+    def close(self) -> None:
+        for ep in self.endpoints:
+            ep.close()
+        self.close_rings()
+        self.endpoints.clear()
+        self.rings.clear()
+
+
+def create_rings(plan: Plan, res: Resources) -> dict[str, list[ShmEndpoint]]:
+    """Create the plan's shared-memory rings; return each actor's endpoints."""
+    endpoints: dict[str, list[ShmEndpoint]] = {}
+    for ch in plan.channels:
+        if ch.transport == Transport.SHM:
+            ring = ShmRing(ch.num_slots, len(ch.readers), ch.slot_size_bytes, name=ch.label or ch.channel_id)
+            res.rings[ch.channel_id] = ring
+            _add_endpoints(ch, ring, endpoints)
+    return endpoints
+
+
+def _add_endpoints(ch: ChannelPlan, ring: ShmRing, endpoints: dict[str, list[ShmEndpoint]]) -> None:
+    spec = ring.spec
+    base: dict[str, Any] = dict(
+        channel_id=ch.channel_id,
+        pid=spec.pid,
+        ctrl_fd=spec.ctrl_fd,
+        num_slots=spec.nslots,
+        num_readers=spec.nreaders,
+    )
+    if ch.writer.WhichOneof("kind") == "actor_id":
+        endpoints.setdefault(ch.writer.actor_id, []).append(ShmEndpoint(**base, reader_index=-1))
+    for i, r in enumerate(ch.readers):
+        if r.WhichOneof("kind") == "actor_id":
+            endpoints.setdefault(r.actor_id, []).append(ShmEndpoint(**base, reader_index=i))
+
+
+def driver_reader_index(plan: Plan, channel_id: str) -> int:
+    ch = next(c for c in plan.channels if c.channel_id == channel_id)
+    return next(i for i, r in enumerate(ch.readers) if r.WhichOneof("kind") == "driver")
+
+
+def setup_actors(
+    plan: Plan, actors: dict[str, ActorHandle], endpoints: dict[str, list[ShmEndpoint]], driver_pid: int
+) -> dict[str, tuple[int, int]]:
+    """Start every actor's executor, all in parallel; return actor id -> (pid, start time).
+
+    Raises:
+        RayChannelError: naming each actor whose setup failed (and why).
+    """
+    calls: list[tuple[Any, Any]] = []
+    for ap in plan.actors:
+        used = {c for t in ap.tasks for c in (*t.inputs, *t.outputs)}
+        setup = ActorSetup(
+            graph_id=plan.graph_id,
+            actor=ap,
+            channels=[c for c in plan.channels if c.channel_id in used],
+            shm=endpoints.get(ap.actor_id, []),
+            options=plan.options,
+            driver_pid=driver_pid,
+        )
+        ref: Any = actors[ap.actor_id].__ray_call__.remote(setup_actor, setup.SerializeToString())
+        calls.append((ap, ref))
+    processes: dict[str, tuple[int, int]] = {}
+    failures = []
+    for ap, ref in calls:
+        status = ActorStatus.FromString(ray.get(ref, timeout=SETUP_TIMEOUT_S))
+        processes[ap.actor_id] = (status.pid, status.pid_start_time)
+        if status.state != ActorStatus.READY:
+            failures.append(f"{ap.actor_label}: {status.error.message}")
+    if failures:
+        raise RayChannelError("compiled graph setup failed on " + "; ".join(failures))
+    return processes

@@ -1,0 +1,236 @@
+"""runtime._visualize: DOT and ASCII drawings of hand-written Plans (no Ray cluster)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from raycg.proto import Plan, Transport
+from raycg.runtime import _visualize
+from raycg.runtime._visualize import to_ascii, to_dot, visualize
+
+pytestmark = pytest.mark.timeout(30)
+
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "observability.md"
+MB = 1_000_000  # the default buffer_size_bytes
+
+
+def _channel(
+    plan: Plan, cid: str, transport: int, writer: str | None, readers: list[str | None], slots: int = 10
+) -> None:
+    ch = plan.channels.add(
+        channel_id=cid, transport=transport, num_slots=slots, slot_size_bytes=MB, label=cid
+    )
+    if writer is None:
+        ch.writer.driver = True
+    else:
+        ch.writer.actor_id = writer
+    for r in readers:
+        if r is None:
+            ch.readers.add(driver=True)
+        else:
+            ch.readers.add(actor_id=r)
+
+
+def _task(plan: Plan, actor: str, name: str, inputs: list[str], outputs: list[str], returns: int = 1) -> None:
+    (a,) = [a for a in plan.actors if a.actor_id == actor]
+    method = name.split(".")[1]
+    a.tasks.add(method=method, display_name=name, inputs=inputs, outputs=outputs, num_returns=returns)
+
+
+def chain_plan() -> Plan:
+    """The quickstart's chain: driver -> A.echo -> B.echo -> driver."""
+    plan = Plan(graph_id="0c4a1e2f" + "0" * 24, input_channel_id="ch0")
+    plan.actors.add(actor_id="aa", actor_label="A")
+    plan.actors.add(actor_id="bb", actor_label="B")
+    _channel(plan, "ch0", Transport.SHM, None, ["aa"])
+    _channel(plan, "ch1", Transport.SHM, "aa", ["bb"])
+    _channel(plan, "ch2", Transport.SHM, "bb", [None])
+    _task(plan, "aa", "Echo.echo", ["ch0"], ["ch1"])
+    _task(plan, "bb", "Echo.echo", ["ch1"], ["ch2"])
+    plan.outputs.add(channel_id="ch2", display_name="Echo.echo")
+    return plan
+
+
+def diamond_plan() -> Plan:
+    """As the compiler emits it for, on actors a, b, c of class Worker::
+
+    x = a.echo.bind(inp)
+    dag = MultiOutputNode([c.add.bind(x, b.inc.bind(inp)), a.double.bind(x)])
+    """
+    a, b, c = "3f9a1c" + "0" * 26, "8b20d4" + "0" * 26, "c71e55" + "0" * 26
+    plan = Plan(graph_id="5f2c9e01" + "0" * 24, input_channel_id="ch0", multi_output=True)
+    for actor in (a, b, c):
+        plan.actors.add(actor_id=actor, actor_label=f"Worker({actor[:6]})")
+    _channel(plan, "ch0", Transport.SHM, None, [a, b])
+    _channel(plan, "ch1", Transport.SHM, a, [c])
+    _channel(plan, "ch2", Transport.INPROC, a, [a], slots=1)
+    _channel(plan, "ch3", Transport.SHM, b, [c])
+    _channel(plan, "ch4", Transport.SHM, c, [None])
+    _channel(plan, "ch5", Transport.SHM, a, [None])
+    _task(plan, a, "Worker.echo", ["ch0"], ["ch1", "ch2"])
+    _task(plan, a, "Worker.double", ["ch2"], ["ch5"])
+    _task(plan, b, "Worker.inc", ["ch0"], ["ch3"])
+    _task(plan, c, "Worker.add", ["ch1", "ch3"], ["ch4"])
+    plan.outputs.add(channel_id="ch4", display_name="Worker.add")
+    plan.outputs.add(channel_id="ch5", display_name="Worker.double")
+    return plan
+
+
+def multi_output_plan() -> Plan:
+    """A.split returns 2 values, both graph outputs from one channel; B.echo is output 2."""
+    plan = Plan(graph_id="9d9d9d9d" + "0" * 24, input_channel_id="in", multi_output=True)
+    plan.actors.add(actor_id="aa", actor_label="A")
+    plan.actors.add(actor_id="bb", actor_label="B")
+    _channel(plan, "in", Transport.SHM, None, ["aa", "bb"], slots=4)
+    _channel(plan, "split", Transport.SHM, "aa", [None], slots=4)
+    _channel(plan, "echo", Transport.SHM, "bb", [None], slots=4)
+    _task(plan, "aa", "Splitter.split", ["in"], ["split"], returns=2)
+    _task(plan, "bb", "Echo.echo", ["in"], ["echo"])
+    plan.outputs.add(channel_id="split").projections.add(index=0)
+    plan.outputs.add(channel_id="split").projections.add(index=1)
+    plan.outputs.add(channel_id="echo")
+    return plan
+
+
+def _edges(dot: str) -> list[tuple[str, str, str]]:
+    """(source, destination, label) of every edge in ``dot``."""
+    return re.findall(r"^\s*(\w+) -> (\w+) \[label=\"([^\"]*)\"", dot, re.MULTILINE)
+
+
+def test_chain_dot_has_clusters_tasks_and_labelled_edges() -> None:
+    dot = to_dot(chain_plan())
+    assert dot.startswith("digraph raycg {") and dot.rstrip().endswith("}")
+    assert "subgraph cluster_0" in dot and 'label="A"' in dot
+    assert "subgraph cluster_1" in dot and 'label="B"' in dot
+    assert dot.count('label="1. Echo.echo"') == 2
+    assert '"driver input"' in dot and '"driver output"' in dot
+    assert _edges(dot) == [
+        ("input", "a0_t1", "shm x10 1MB"),
+        ("a0_t1", "a1_t1", "shm x10 1MB"),
+        ("a1_t1", "output", "shm x10 1MB\\n[0]"),
+    ]
+
+
+def test_chain_ascii() -> None:
+    assert to_ascii(chain_plan()) == (
+        "raycg graph 0c4a1e2f: 2 actors, 3 channels, 1 output\n"
+        "actors\n"
+        "  A\n"
+        "    1. Echo.echo\n"
+        "  B\n"
+        "    1. Echo.echo\n"
+        "channels\n"
+        "  input --shm x10--> A.echo\n"
+        "  A.echo --shm x10--> B.echo\n"
+        "  B.echo --shm x10--> driver[0]\n"
+    )
+
+
+def test_diamond_dot_fans_out_and_in_and_styles_inproc() -> None:
+    dot = to_dot(diamond_plan())
+    for i, label in enumerate(["Worker(3f9a1c)", "Worker(8b20d4)", "Worker(c71e55)"]):
+        assert f"subgraph cluster_{i}" in dot and f'label="{label}"' in dot
+    for title in ["1. Worker.echo", "2. Worker.double", "1. Worker.inc", "1. Worker.add"]:
+        assert f'label="{title}"' in dot
+    assert '"driver outputs"' in dot
+    assert _edges(dot) == [
+        ("input", "a0_t1", "shm x10 1MB"),
+        ("input", "a1_t1", "shm x10 1MB"),
+        ("a0_t1", "a2_t1", "shm x10 1MB"),
+        ("a0_t1", "a0_t2", "inproc"),
+        ("a1_t1", "a2_t1", "shm x10 1MB"),
+        ("a2_t1", "output", "shm x10 1MB\\n[0]"),
+        ("a0_t2", "output", "shm x10 1MB\\n[1]"),
+    ]
+    (inproc,) = [line for line in dot.splitlines() if 'label="inproc"' in line]
+    assert "style=dashed" in inproc
+    assert all("style=dashed" not in line for line in dot.splitlines() if "shm x10" in line)
+
+
+def test_diamond_ascii_is_the_one_in_the_docs() -> None:
+    text = to_ascii(diamond_plan())
+    assert "  Worker(3f9a1c).echo --inproc--> Worker(3f9a1c).double\n" in text
+    assert "  input --shm x10--> Worker(3f9a1c).echo, Worker(8b20d4).inc\n" in text
+    assert "  Worker(c71e55).add --shm x10--> driver[0]\n" in text
+    assert f"```text\n{text}```" in DOCS.read_text(), "docs/observability.md shows an outdated drawing"
+
+
+def test_multi_output_labels_every_output_index() -> None:
+    plan = multi_output_plan()
+    dot = to_dot(plan)
+    assert ("a0_t1", "output", "shm x4 1MB\\n[0]") in _edges(dot)
+    assert ("a0_t1", "output", "shm x4 1MB\\n[1]") in _edges(dot)
+    assert ("a1_t1", "output", "shm x4 1MB\\n[2]") in _edges(dot)
+    assert 'label="1. Splitter.split (2 returns)"' in dot
+    lines = to_ascii(plan).splitlines()
+    assert "  A.split --shm x4--> driver[0], driver[1]" in lines
+    assert "  B.echo --shm x4--> driver[2]" in lines
+    assert "    1. Splitter.split (2 returns)" in lines
+
+
+def test_a_method_scheduled_twice_on_one_actor_gets_its_position() -> None:
+    plan = chain_plan()
+    _channel(plan, "ch3", Transport.INPROC, "aa", ["aa"], slots=1)
+    plan.actors[0].tasks[0].outputs.append("ch3")
+    _task(plan, "aa", "Echo.echo", ["ch3"], [])
+    assert "  A.echo#1 --inproc--> A.echo#2" in to_ascii(plan).splitlines()
+
+
+@pytest.mark.parametrize(
+    ("size_bytes", "text"),
+    [(500, "500B"), (4096, "4.1KB"), (1_000_000, "1MB"), (1 << 20, "1.05MB"), (2 * 10**9, "2GB")],
+)
+def test_slot_sizes_read_as_decimal_units(size_bytes: int, text: str) -> None:
+    plan = chain_plan()
+    plan.channels[1].slot_size_bytes = size_bytes
+    assert ("a0_t1", "a1_t1", f"shm x10 {text}") in _edges(to_dot(plan))
+
+
+def test_labels_are_quoted_for_dot() -> None:
+    plan = chain_plan()
+    plan.actors[0].actor_label = 'Odd"name\\'
+    assert 'label="Odd\\"name\\\\"' in to_dot(plan)
+
+
+@pytest.mark.parametrize("fmt", ["dot", "ascii"])
+def test_text_formats_are_written_without_graphviz(
+    fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    path = visualize(diamond_plan(), filename=str(tmp_path / "g"), format=fmt)
+    assert path == str(tmp_path / f"g.{fmt}")
+    expected = to_dot(diamond_plan()) if fmt == "dot" else to_ascii(diamond_plan())
+    assert Path(path).read_text() == expected
+    assert capsys.readouterr().out == ""
+
+
+def test_view_prints_a_text_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    visualize(chain_plan(), filename=tmp_path / "g", format="ascii", view=True)
+    assert capsys.readouterr().out == to_ascii(chain_plan())
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="needs Graphviz's dot binary")
+@pytest.mark.parametrize(("fmt", "magic"), [("png", b"\x89PNG"), ("svg", b"<?xml"), ("pdf", b"%PDF")])
+def test_images_are_rendered_by_dot(fmt: str, magic: bytes, tmp_path: Path) -> None:
+    plan = diamond_plan()
+    plan.actors[0].actor_label = 'Odd"name\\<b>'
+    path = visualize(plan, filename=str(tmp_path / "g"), format=fmt)
+    assert path == str(tmp_path / f"g.{fmt}")
+    assert Path(path).read_bytes().startswith(magic)
+
+
+def test_an_image_without_dot_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    with pytest.raises(RuntimeError, match=r"`dot` binary.*format='dot' or format='ascii'"):
+        visualize(chain_plan(), filename=str(tmp_path / "g"), format="png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_format_names_the_allowed_ones(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"'jpeg'.*'dot', 'ascii', 'png', 'svg', 'pdf'"):
+        visualize(chain_plan(), filename=str(tmp_path / "g"), format="jpeg")
+    assert _visualize.TEXT_FORMATS + _visualize.IMAGE_FORMATS == ("dot", "ascii", "png", "svg", "pdf")

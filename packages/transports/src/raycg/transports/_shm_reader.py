@@ -1,0 +1,274 @@
+"""A read end of the shared-memory ring (layout and protocol: _shm_ring.py).
+
+Values whose out-of-band buffers are large are read zero-copy: they point into the
+slot, which stays pinned (released_seq does not pass it) until they are garbage.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import struct
+import threading
+import time
+import weakref
+
+import numpy as np
+
+from . import _futex, _liveness, _serde
+from ._channel import wrong_end
+from ._deadline import deadline_after
+from ._errors import ChannelBroken, ChannelTimeout
+from ._segment import Segment
+from ._shm_ring import (
+    _CLOSED,
+    _DATA_FUTEX,
+    _DESC_BYTES,
+    _LINE,
+    _R_PID,
+    _R_PINNED,
+    _R_RELEASED,
+    _R_START,
+    _R_WAITING,
+    _READERS,
+    _SLOT_RECORD,
+    _SPACE_FUTEX,
+    _WRITE_SEQ,
+    _WRITER_PID,
+    _WRITER_START,
+    _WRITER_WAITING,
+    DEFAULT_LIVENESS_INTERVAL_S,
+    DEFAULT_SPIN_S,
+    DEFAULT_ZERO_COPY_MIN_BYTES,
+    NONE,
+    ShmRingSpec,
+    _descs_offset,
+    _Endpoint,
+    _slots_offset,
+)
+
+
+def _on_unpin(reader_ref: weakref.ref[ShmRingReader], unpinned: collections.deque[int], seq: int) -> None:
+    """Finalizer of a zero-copy value's slot view: free the slot at once, so that a
+    writer waiting for it proceeds even while the reader is idle or blocked."""
+    unpinned.append(seq)
+    reader = reader_ref()
+    if reader is not None:
+        reader._drain_unpinned()
+
+
+class ShmRingReader(_Endpoint):
+    """Read end ``index`` of a ring.
+
+    Values whose out-of-band buffers total at least ``zero_copy_min_bytes`` are read
+    without a copy: their arrays point into the slot, which stays *pinned* (not
+    reusable by the writer) until every such array is garbage-collected.
+    """
+
+    def __init__(
+        self,
+        spec: ShmRingSpec,
+        index: int,
+        *,
+        spin_s: float = DEFAULT_SPIN_S,
+        liveness_interval_s: float = DEFAULT_LIVENESS_INTERVAL_S,
+        zero_copy_min_bytes: int = DEFAULT_ZERO_COPY_MIN_BYTES,
+    ):
+        if not 0 <= index < spec.nreaders:
+            raise ValueError(f"reader index {index} out of range for {spec.nreaders} readers")
+        super().__init__(spec, spin_s, liveness_interval_s)
+        self.index = index
+        self._zero_copy_min = zero_copy_min_bytes
+        line = _READERS + _LINE * index
+        self._released_off = (line + _R_RELEASED) // 8
+        self._waiting_off = (line + _R_WAITING) // 4
+        self._pinned_off = (line + _R_PINNED) // 8
+        self._desc_off = _descs_offset(spec.nreaders, spec.nslots) + _DESC_BYTES * index
+        q, i = self._ctrl.q, self._ctrl.i
+        self._next = q[self._released_off]
+        i[(line + _R_PID) // 4] = os.getpid()
+        q[(line + _R_START) // 8] = _liveness.process_start_time(os.getpid()) or 0
+        self._slots_off = _slots_offset(spec.nreaders)
+        self._gens: dict[int, Segment] = {}
+        # Zero-copy values still alive: seq -> description. Finalizers (which may run in
+        # any thread, at any allocation) only append to _unpinned; _drain_unpinned
+        # applies them under a re-entrant lock (see _drain_unpinned).
+        self._pinned: dict[int, str] = {}
+        self._unpinned: collections.deque[int] = collections.deque()
+        self._pin_lock = threading.Lock()
+        self._published_pin = (NONE, "")
+        # Finalizers reach the reader through a weak reference: a value the user keeps
+        # must not keep the endpoint (and its mappings) alive.
+        self._self_ref = weakref.ref(self)
+        self._attached()
+
+    def __repr__(self) -> str:
+        return f"ShmRingReader({self.spec.name!r}, index={self.index})"
+
+    def write(self, value: object, timeout_s: float | None = None) -> None:
+        raise wrong_end(self, "write")
+
+    def pinned(self) -> list[tuple[int, str]]:
+        """The values this reader still holds zero-copy: (seq, description), oldest first."""
+        self._drain_unpinned()
+        with self._pin_lock:
+            held = sorted(self._pinned.items())
+        self._drain_unpinned()  # what finalizers queued while we held the lock
+        return held
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next read returns."""
+        return self._next
+
+    def read(self, timeout_s: float | None = None, *, copy: bool = False) -> object:
+        """The next value. ``copy=True`` copies its buffers out of the slot instead of
+        pinning it (for values that will be kept a while, e.g. in a result buffer)."""
+        q, i = self._ctrl.q, self._ctrl.i
+        if self._unpinned:
+            self._drain_unpinned()  # publish dropped values before we may sleep
+        seq = self._next
+        if q[_WRITE_SEQ // 8] <= seq or i[_CLOSED // 4]:
+            self._wait_data(seq, deadline_after(timeout_s))
+        rec = _SLOT_RECORD.unpack_from(
+            self._ctrl.seg.view,  # type: ignore[arg-type]
+            self._slots_off + _LINE * (seq % self.spec.nslots),
+        )
+        r_seq, gen, pid, fd, slot_bytes, base, meta_len, nbufs = rec
+        if r_seq != seq:
+            raise ChannelBroken(f"channel {self.spec.name!r}: slot holds value #{r_seq}, expected #{seq}")
+        seg = self._gens.get(gen)
+        if seg is None:
+            seg = self._map_generation(gen, pid, fd, slot_bytes)
+        view = seg.view
+        assert view is not None
+        self._next = seq + 1
+        if not nbufs:
+            try:
+                return pickle.loads(view[base : base + meta_len])
+            finally:  # a value that fails to unpickle is consumed all the same
+                self._release_through(seq + 1)
+        return self._read_with_buffers(seq, seg, base, meta_len, nbufs, copy)
+
+    def _read_with_buffers(
+        self, seq: int, seg: Segment, base: int, meta_len: int, nbufs: int, copy: bool = False
+    ) -> object:
+        view = seg.view
+        assert view is not None
+        table = struct.unpack_from(f"<{2 * nbufs}Q", view, base)
+        meta = view[base + 16 * nbufs : base + 16 * nbufs + meta_len]
+        if copy or sum(table[1::2]) < self._zero_copy_min:
+            bufs = [bytearray(view[base + o : base + o + n]) for o, n in zip(table[0::2], table[1::2])]
+            try:
+                return pickle.loads(meta, buffers=bufs)
+            finally:
+                self._release_through(seq + 1)
+        # Zero copy: one read-only view of the slot, owned by an ndarray we can watch.
+        with self._pin_lock:
+            self._pinned[seq] = "a zero-copy value being decoded"
+        count = table[-2] + table[-1]
+        pin = np.frombuffer(seg.mm, dtype=np.uint8, count=count, offset=base)  # type: ignore[call-overload]
+        weakref.finalize(pin, _on_unpin, self._self_ref, self._unpinned, seq).atexit = False
+        pv = pin.data.toreadonly()
+        bufs2 = [pv[o : o + n] for o, n in zip(table[0::2], table[1::2])]
+        try:
+            value = pickle.loads(meta, buffers=bufs2)
+        finally:
+            del pin, pv, bufs2  # if nothing kept a buffer, the finalizer unpins it now
+        with self._pin_lock:
+            if seq in self._pinned:
+                self._pinned[seq] = _serde.describe(value)
+        self._drain_unpinned()
+        return value
+
+    def _release_through(self, released: int) -> None:
+        """Publish that every seq below ``released`` is free, and wake a sleeping writer."""
+        if self._pinned or self._unpinned:
+            self._drain_unpinned()
+            return
+        self._publish_released(released)
+
+    def _publish_released(self, released: int) -> None:
+        q, i = self._ctrl.q, self._ctrl.i
+        q[self._released_off] = released
+        i[_SPACE_FUTEX // 4] = (i[_SPACE_FUTEX // 4] + 1) & 0xFFFFFFFF
+        _futex.fence()
+        if i[_WRITER_WAITING // 4]:
+            _futex.futex_wake(self._ctrl.addr + _SPACE_FUTEX)
+
+    def _drain_unpinned(self) -> None:
+        """Apply dropped pins; publish the new released_seq, pinned_seq and description.
+
+        Finalizers call this from whatever thread drops a value, at any allocation,
+        possibly while this thread is already inside it. So it never blocks: whoever
+        holds the lock applies the queue, and checks it again after letting go.
+        """
+        while self._pin_lock.acquire(blocking=False):
+            try:
+                self._apply_unpinned()
+            finally:
+                self._pin_lock.release()
+            if not self._unpinned:
+                return
+
+    def _apply_unpinned(self) -> None:
+        if self._ctrl.seg.view is None:
+            return
+        while self._unpinned:
+            self._pinned.pop(self._unpinned.popleft(), None)
+        oldest = min(self._pinned) if self._pinned else NONE
+        pin = (oldest, self._pinned.get(oldest, ""))
+        if pin != self._published_pin:
+            # The description first: the writer reads pinned_seq, then the description.
+            desc = pin[1].encode()[: _DESC_BYTES - 1] + b"\0"
+            self._ctrl.seg.view[self._desc_off : self._desc_off + len(desc)] = desc
+            self._ctrl.q[self._pinned_off] = oldest
+            self._published_pin = pin
+        released = min(oldest, self._next)
+        if released > self._ctrl.q[self._released_off]:  # released_seq only moves forward
+            self._publish_released(released)
+
+    def _map_generation(self, gen: int, pid: int, fd: int, slot_bytes: int) -> Segment:
+        seg = Segment.open(pid, fd, self.spec.nslots * slot_bytes)
+        # Values are written in seq order and generations only grow, so no later read
+        # needs an older generation: unmap them (pinned values keep their own mapping).
+        for old in [g for g in self._gens if g < gen]:
+            self._gens.pop(old).close()
+        self._gens[gen] = seg
+        return seg
+
+    def _wait_data(self, seq: int, deadline: float) -> None:
+        q, i = self._ctrl.q, self._ctrl.i
+        spin_end = time.perf_counter_ns() + self._spin_ns
+        while time.perf_counter_ns() < spin_end:
+            if q[_WRITE_SEQ // 8] > seq or i[_CLOSED // 4]:
+                break
+            os.sched_yield()  # on a busy node, let the process we wait for run
+        while True:
+            self._check_closed()
+            if q[_WRITE_SEQ // 8] > seq:
+                return
+            expected = i[_DATA_FUTEX // 4]
+            i[self._waiting_off] = 1
+            _futex.fence()
+            if q[_WRITE_SEQ // 8] > seq or i[_CLOSED // 4]:
+                i[self._waiting_off] = 0
+                continue
+            slept = self._sleep(_DATA_FUTEX, expected, deadline)
+            i[self._waiting_off] = 0
+            if not slept:
+                self._check_closed()
+                raise ChannelTimeout(f"channel {self.spec.name!r}: timed out waiting for value #{seq}")
+            if q[_WRITE_SEQ // 8] <= seq and not i[_CLOSED // 4]:  # closed beats dead
+                pid, start = i[_WRITER_PID // 4], q[_WRITER_START // 8]
+                if not _liveness.is_alive(pid, start):
+                    raise ChannelBroken(f"channel {self.spec.name!r}: the writer (pid {pid}) died")
+
+    def close(self) -> None:
+        if self._closed_locally:
+            return
+        super().close()
+        for seg in self._gens.values():
+            seg.close()
+        self._gens.clear()

@@ -1,0 +1,257 @@
+"""The write end of the shared-memory ring (layout and protocol: _shm_ring.py).
+
+The writer owns the data generations it grows: it creates each one, publishes it in the
+control segment, and frees it once every reader released every value in it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+
+from . import _futex, _liveness, _serde
+from ._channel import wrong_end
+from ._deadline import deadline_after
+from ._errors import ChannelBroken, ChannelTimeout, SlotPinned
+from ._segment import PAGE_BYTES, Segment, round_up
+from ._shm_ring import (
+    _ALIGN,
+    _CLOSED,
+    _CUR_FD,
+    _CUR_GEN,
+    _CUR_PID,
+    _CUR_SLOT_BYTES,
+    _DATA_FUTEX,
+    _DESC_BYTES,
+    _LINE,
+    _R_PID,
+    _R_PINNED,
+    _R_RELEASED,
+    _R_START,
+    _R_WAITING,
+    _READERS,
+    _SLOT_RECORD,
+    _SPACE_FUTEX,
+    _WRITE_SEQ,
+    _WRITER_PID,
+    _WRITER_START,
+    _WRITER_WAITING,
+    DEFAULT_LIVENESS_INTERVAL_S,
+    DEFAULT_SPIN_S,
+    NONE,
+    ShmRingSpec,
+    _descs_offset,
+    _Endpoint,
+    _slots_offset,
+)
+
+
+def _slot_layout(meta_len: int, raws: list[memoryview]) -> tuple[list[int], int]:
+    """Where each buffer goes in a slot (offsets from its start), and the bytes it needs.
+
+    A slot holds the buffer table (u64 offset, u64 length per buffer), the pickle stream,
+    then each buffer at a 64-byte aligned offset.
+    """
+    if not raws:
+        return [], meta_len
+    offsets = []
+    pos = round_up(16 * len(raws) + meta_len, _ALIGN)
+    for raw in raws:
+        offsets.append(pos)
+        pos = round_up(pos + raw.nbytes, _ALIGN)
+    return offsets, pos
+
+
+class ShmRingWriter(_Endpoint):
+    """The write end. One per ring, in any process of the node."""
+
+    def __init__(
+        self,
+        spec: ShmRingSpec,
+        *,
+        spin_s: float = DEFAULT_SPIN_S,
+        liveness_interval_s: float = DEFAULT_LIVENESS_INTERVAL_S,
+    ):
+        super().__init__(spec, spin_s, liveness_interval_s)
+        q, i = self._ctrl.q, self._ctrl.i
+        self._seq = q[_WRITE_SEQ // 8]
+        i[_WRITER_PID // 4] = os.getpid()
+        q[_WRITER_START // 8] = _liveness.process_start_time(os.getpid()) or 0
+        self._gen = q[_CUR_GEN // 8]
+        self._data = Segment.open(q[_CUR_PID // 8], q[_CUR_FD // 8], spec.nslots * q[_CUR_SLOT_BYTES // 8])
+        self._slot_bytes = q[_CUR_SLOT_BYTES // 8]
+        # Older generations still referenced by unreleased slots: (gen, last_seq, segment).
+        self._old: list[tuple[int, int, Segment]] = []
+        self._released_offs = [(_READERS + _LINE * r + _R_RELEASED) // 8 for r in range(spec.nreaders)]
+        self._waiting_offs = [(_READERS + _LINE * r + _R_WAITING) // 4 for r in range(spec.nreaders)]
+        self._slots_off = _slots_offset(spec.nreaders)
+        self._min_released = 0
+        self._attached()
+
+    def __repr__(self) -> str:
+        return f"ShmRingWriter({self.spec.name!r})"
+
+    def read(self, timeout_s: float | None = None) -> object:
+        raise wrong_end(self, "read")
+
+    def write(self, value: object, timeout_s: float | None = None, *, raise_if_pinned: bool = False) -> None:
+        """Publish ``value``.
+
+        Args:
+            raise_if_pinned: raise SlotPinned as soon as the slot needed is held by a
+                reader's zero-copy value, instead of waiting for it.
+
+        Raises:
+            ValueNotSerializable: nothing was written; the channel stays usable.
+            SlotPinned: the wait timed out (or raise_if_pinned) on a pinned slot.
+        """
+        meta, raws = _serde.encode(value)  # before touching the ring: errors leave it intact
+        self._check_closed()
+        seq = self._seq
+        need = seq - self.spec.nslots + 1
+        if need > self._min_released:
+            self._min_released = self._read_min_released()
+            if need > self._min_released:
+                self._wait_space(need, deadline_after(timeout_s), raise_if_pinned)
+        if self._old:
+            self._free_old_generations()
+        offsets, total = _slot_layout(len(meta), raws)
+        if total > self._slot_bytes:
+            self._grow(total)
+        base = (seq % self.spec.nslots) * self._slot_bytes
+        self._fill_slot(base, meta, raws, offsets)
+        _SLOT_RECORD.pack_into(
+            self._ctrl.seg.view,  # type: ignore[arg-type]
+            self._slots_off + _LINE * (seq % self.spec.nslots),
+            seq,
+            self._gen,
+            self._data.pid,
+            self._data.fd,
+            self._slot_bytes,
+            base,
+            len(meta),
+            len(raws),
+        )
+        self._publish(seq + 1)
+
+    def _fill_slot(self, base: int, meta: bytes, raws: list[memoryview], offsets: list[int]) -> None:
+        """Copy the buffer table, the pickle stream and the buffers into the slot at ``base``."""
+        view = self._data.view
+        assert view is not None
+        table: list[int] = []
+        for off, raw in zip(offsets, raws):
+            table += (off, raw.nbytes)
+            view[base + off : base + off + raw.nbytes] = raw
+        if raws:
+            struct.pack_into(f"<{2 * len(raws)}Q", view, base, *table)
+        at = base + 16 * len(raws)
+        view[at : at + len(meta)] = meta
+
+    def _publish(self, write_seq: int) -> None:
+        q, i = self._ctrl.q, self._ctrl.i
+        q[_WRITE_SEQ // 8] = write_seq
+        self._seq = write_seq
+        i[_DATA_FUTEX // 4] = (i[_DATA_FUTEX // 4] + 1) & 0xFFFFFFFF
+        _futex.fence()
+        for off in self._waiting_offs:
+            if i[off]:
+                _futex.futex_wake(self._ctrl.addr + _DATA_FUTEX)
+                break
+
+    def _read_min_released(self) -> int:
+        q = self._ctrl.q
+        return min(q[off] for off in self._released_offs)
+
+    def _wait_space(self, need: int, deadline: float, raise_if_pinned: bool) -> None:
+        i = self._ctrl.i
+        spin_end = time.perf_counter_ns() + self._spin_ns
+        while time.perf_counter_ns() < spin_end:
+            if self._read_min_released() >= need or i[_CLOSED // 4]:
+                break
+            os.sched_yield()  # on a busy node, let the process we wait for run
+        while True:
+            self._check_closed()
+            self._min_released = self._read_min_released()
+            if self._min_released >= need:
+                return
+            pinned = self._pinned_by(need)
+            if pinned is not None and raise_if_pinned:
+                raise pinned
+            expected = i[_SPACE_FUTEX // 4]
+            i[_WRITER_WAITING // 4] = 1
+            _futex.fence()
+            if self._read_min_released() >= need or i[_CLOSED // 4]:
+                i[_WRITER_WAITING // 4] = 0
+                continue
+            slept = self._sleep(_SPACE_FUTEX, expected, deadline)
+            i[_WRITER_WAITING // 4] = 0
+            if not slept:
+                self._check_closed()
+                if pinned is not None:
+                    raise pinned
+                raise ChannelTimeout(
+                    f"channel {self.spec.name!r}: timed out waiting for a free slot "
+                    f"(all {self.spec.nslots} hold values not yet read by every reader)"
+                )
+            # Closed takes precedence over a dead peer: one that closed, then exited, is
+            # not a fault.
+            if self._read_min_released() < need and not i[_CLOSED // 4]:
+                self._check_readers_alive(need)
+
+    def _pinned_by(self, need: int) -> SlotPinned | None:
+        """The error to raise if a lagging reader pins a slot we need, else None."""
+        q = self._ctrl.q
+        descs = _descs_offset(self.spec.nreaders, self.spec.nslots)
+        view = self._ctrl.seg.view
+        assert view is not None
+        for r, off in enumerate(self._released_offs):
+            pinned_seq = q[(_READERS + _LINE * r + _R_PINNED) // 8]
+            if q[off] < need and pinned_seq != NONE and pinned_seq < need:
+                raw = bytes(view[descs + _DESC_BYTES * r : descs + _DESC_BYTES * (r + 1)])
+                desc = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+                return SlotPinned(
+                    f"channel {self.spec.name!r}: the next slot is pinned by reader {r}, "
+                    f"which still holds a zero-copy value from it: {desc} (value #{pinned_seq}); "
+                    "drop the value (or copy it) to free the slot",
+                    reader_index=r,
+                    seq=pinned_seq,
+                    description=desc,
+                )
+        return None
+
+    def _check_readers_alive(self, need: int) -> None:
+        q, i = self._ctrl.q, self._ctrl.i
+        for r, off in enumerate(self._released_offs):
+            if q[off] >= need:
+                continue
+            line = _READERS + _LINE * r
+            pid, start = i[(line + _R_PID) // 4], q[(line + _R_START) // 8]
+            if not _liveness.is_alive(pid, start):
+                raise ChannelBroken(f"channel {self.spec.name!r}: reader {r} (pid {pid}) died")
+
+    def _grow(self, total: int) -> None:
+        """Move to a new data generation whose slots hold ``total`` bytes."""
+        slot_bytes = round_up(max(2 * self._slot_bytes, total), PAGE_BYTES)
+        gen = self._gen + 1
+        seg = Segment.create(self.spec.nslots * slot_bytes, f"{self.spec.name}.data.{gen}")
+        self._old.append((self._gen, self._seq - 1, self._data))
+        self._data, self._gen, self._slot_bytes = seg, gen, slot_bytes
+        q = self._ctrl.q
+        q[_CUR_GEN // 8], q[_CUR_PID // 8], q[_CUR_FD // 8] = gen, seg.pid, seg.fd
+        q[_CUR_SLOT_BYTES // 8] = slot_bytes
+
+    def _free_old_generations(self) -> None:
+        released = self._read_min_released()
+        while self._old and self._old[0][1] < released:
+            self._old.pop(0)[2].close()
+
+    def close(self) -> None:
+        if self._closed_locally:
+            return
+        super().close()
+        # The writer owns the generations it grew: readers that mapped them keep them.
+        for _, _, seg in self._old:
+            seg.close()
+        self._old.clear()
+        self._data.close()  # unmaps; closes the fd only of a generation we created

@@ -1,0 +1,151 @@
+"""enable_asyncio=True: execute_async and await, without ever blocking the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import ray
+from ray.dag import InputNode, MultiOutputNode
+from ray.exceptions import ActorDiedError, RayChannelError, RayTaskError
+
+import raycg
+
+from .conftest import Worker
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(90)]
+
+
+def run_in(loop_kind: str, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        return uvloop.run(main())
+    return asyncio.run(main())
+
+
+class Ticker:
+    """Counts how often the loop let it run, and the longest gap between two ticks."""
+
+    def __init__(self) -> None:
+        self.ticks, self.longest_gap_s, self._stop = 0, 0.0, False
+
+    async def run(self) -> None:
+        last = time.monotonic()
+        while not self._stop:
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            self.ticks, self.longest_gap_s = self.ticks + 1, max(self.longest_gap_s, now - last)
+            last = now
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_slow_execution_does_not_block_the_loop(actors: list, loop_kind: str) -> None:
+    with InputNode() as inp:
+        dag = actors[0].sleep_then_echo.bind(inp, 0.5)
+
+    async def main() -> tuple[object, Ticker]:
+        graph = raycg.compile(dag, enable_asyncio=True)  # compiled inside the running loop
+        ticker = Ticker()
+        task = asyncio.create_task(ticker.run())
+        fut = await graph.execute_async("slow")
+        value = await fut
+        ticker.stop()
+        await task
+        graph.teardown()
+        return value, ticker
+
+    value, ticker = run_in(loop_kind, main)
+    assert value == "slow"
+    # 0.5 s of waiting at 5 ms a tick: a blocked loop would tick a handful of times.
+    assert ticker.ticks > 30, ticker.ticks
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_full_pipeline_does_not_block_the_loop(actors: list, loop_kind: str) -> None:
+    graph = None
+
+    async def main() -> tuple[list, Ticker]:
+        nonlocal graph
+        with InputNode() as inp:
+            graph = raycg.compile(
+                actors[0].sleep_then_echo.bind(inp, 0.05), enable_asyncio=True, max_inflight_executions=2
+            )
+        ticker = Ticker()
+        task = asyncio.create_task(ticker.run())
+        futs = [await graph.execute_async(i) for i in range(8)]  # waits for room 6 times
+        values = [await f for f in futs]
+        ticker.stop()
+        await task
+        return values, ticker
+
+    try:
+        values, ticker = run_in(loop_kind, main)
+    finally:
+        graph.teardown()
+    assert values == list(range(8))
+    assert ticker.ticks > 20, ticker.ticks
+
+
+def test_many_coroutines_get_their_own_results(actors: list) -> None:
+    a, b = actors[:2]
+    with InputNode() as inp:
+        graph = raycg.compile(MultiOutputNode([a.inc.bind(inp), b.echo.bind(inp)]), enable_asyncio=True)
+
+    async def one(i: int) -> list:
+        futs = await graph.execute_async(i)
+        await asyncio.sleep(0.001 * (i % 3))
+        return [await f for f in reversed(futs)]
+
+    async def main() -> list:
+        return await asyncio.gather(*(one(i) for i in range(40)))
+
+    try:
+        assert asyncio.run(main()) == [[i, i + 1] for i in range(40)]
+    finally:
+        graph.teardown()
+
+
+def test_failures_surface_at_the_await(ray_local: None) -> None:
+    a, b = Worker.remote(), Worker.remote()
+    with InputNode() as inp:
+        graph = raycg.compile(b.inc.bind(a.fail.bind(inp)), enable_asyncio=True)
+    with InputNode() as inp:
+        dying = raycg.compile(
+            b.sleep_then_echo.bind(a.inc.bind(inp), 0.3), enable_asyncio=True, get_timeout=-1
+        )
+
+    async def main() -> None:
+        with pytest.raises(RayTaskError) as info:
+            await (await graph.execute_async(1))
+        assert isinstance(info.value, KeyError)
+        graph.teardown()
+        with pytest.raises(RayChannelError):
+            await graph.execute_async(1)
+        fut = await dying.execute_async(1)
+        ray.kill(b)
+        with pytest.raises(ActorDiedError):
+            await fut
+
+    try:
+        asyncio.run(main())
+    finally:
+        ray.kill(a)
+
+
+def test_execute_async_needs_enable_asyncio(actors: list) -> None:
+    with InputNode() as inp:
+        graph = raycg.compile(actors[0].echo.bind(inp))
+    try:
+        with pytest.raises(RuntimeError, match="enable_asyncio"):
+            asyncio.run(graph.execute_async(1))
+    finally:
+        graph.teardown()
