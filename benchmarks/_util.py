@@ -75,6 +75,34 @@ def interleave(
     return samples
 
 
+def two_cpus() -> tuple[int | None, int | None]:
+    """Two CPUs this process may use, for the two sides of a ping-pong; (None, None),
+    meaning "do not pin", if it has only one."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
+
+
+@contextlib.contextmanager
+def pinned_to(cpu: int | None) -> Iterator[None]:
+    """Run this process on ``cpu`` alone inside (anywhere it could before, after)."""
+    if cpu is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def run_pinned(cpu: int | None, fn: Callable[..., object], *args: object) -> None:
+    """A child process's target: pin it to ``cpu`` (None: leave it), then ``fn(*args)``."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    fn(*args)
+
+
 def percentile_us(samples_ns: list[int], q: float) -> float:
     return float(np.percentile(np.asarray(samples_ns, dtype=np.int64), q)) / 1e3
 

@@ -80,10 +80,11 @@ def _ring_echo(ping: Any, pong: Any) -> None:
 class _RingPair:
     settled_ns = SPIN_NS  # a trip shorter than the spin slept nowhere
 
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: Any, cpu: int | None):
         self._rings = [ShmRing(NSLOTS, 1, name="bench.ping"), ShmRing(NSLOTS, 1, name="bench.pong")]
         ping, pong = self._rings
-        self.proc = ctx.Process(target=_ring_echo, args=(ping.spec, pong.spec), daemon=True)
+        args = (cpu, _ring_echo, ping.spec, pong.spec)
+        self.proc = ctx.Process(target=_util.run_pinned, args=args, daemon=True)
         self.proc.start()
         self._writer, self._reader = ping.open_writer(), pong.open_reader(0)
 
@@ -203,12 +204,12 @@ def _floor_echo(pid: int, fd: int, capacity_bytes: int) -> None:
 class _FloorPair:
     settled_ns = SPIN_NS
 
-    def __init__(self, ctx: Any, capacity_bytes: int):
+    def __init__(self, ctx: Any, cpu: int | None, capacity_bytes: int):
         self._fd = os.memfd_create("bench.floor", os.MFD_CLOEXEC)
         os.ftruncate(self._fd, _DATA_AT + 2 * capacity_bytes)
         self._end = _FloorEnd(self._fd, capacity_bytes, send_dir=0)
-        args = (os.getpid(), self._fd, capacity_bytes)
-        self.proc = ctx.Process(target=_floor_echo, args=args, daemon=True)
+        args = (cpu, _floor_echo, os.getpid(), self._fd, capacity_bytes)
+        self.proc = ctx.Process(target=_util.run_pinned, args=args, daemon=True)
         self.proc.start()
 
     def round_trip(self, value: Any) -> object:
@@ -234,9 +235,9 @@ def _pipe_echo(conn: Connection) -> None:
 class _PipePair:
     settled_ns = None  # recv always sleeps in the kernel: there is no awake state to reach
 
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: Any, cpu: int | None):
         self._conn, child_conn = ctx.Pipe()
-        self.proc = ctx.Process(target=_pipe_echo, args=(child_conn,), daemon=True)
+        self.proc = ctx.Process(target=_util.run_pinned, args=(cpu, _pipe_echo, child_conn), daemon=True)
         self.proc.start()
         child_conn.close()
 
@@ -331,16 +332,21 @@ def _measure_round_trips(pairs: dict[str, Any], plan: Plan) -> tuple[dict, dict]
 
 
 def _run_ping_pong(plan: Plan) -> tuple[dict, dict]:
+    # The parent on one CPU, the echo children on another. Left alone, the scheduler may
+    # put both sides on one CPU (it favours the waker's), where a spinning waiter only
+    # delays the peer it waits for: that measures placement, not the channel.
+    parent_cpu, child_cpu = _util.two_cpus()
     ctx = mp.get_context("spawn")
     pairs: dict[str, Any] = {}
-    try:
-        pairs[A] = _RingPair(ctx)
-        pairs[B] = _FloorPair(ctx, ARRAY_BYTES)
-        pairs[C] = _PipePair(ctx)
-        return _measure_round_trips(pairs, plan)
-    finally:
-        for pair in pairs.values():
-            pair.stop()
+    with _util.pinned_to(parent_cpu):
+        try:
+            pairs[A] = _RingPair(ctx, child_cpu)
+            pairs[B] = _FloorPair(ctx, child_cpu, ARRAY_BYTES)
+            pairs[C] = _PipePair(ctx, child_cpu)
+            return _measure_round_trips(pairs, plan)
+        finally:
+            for pair in pairs.values():
+                pair.stop()
 
 
 def _idle_reader(spec: Any, ready: Any) -> None:

@@ -113,9 +113,11 @@ def expect_error(
 ) -> tuple[BaseException, float]:
     """Run until ``run`` raises; check the class and that it came within the bound of
     the fault's time (``since``, or its first element once a fault thread set it)."""
+    give_up = time.monotonic() + 30.0
     try:
-        while True:
+        while time.monotonic() < give_up:
             run()
+        raise AssertionError(f"no {expected} within 30 s")
     except expected as e:
         fault_at = since if isinstance(since, float) else since[0]
         took = time.monotonic() - fault_at

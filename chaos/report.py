@@ -61,7 +61,7 @@ def table(outcomes: list[Outcome], failures: list[str]) -> str:
         rows.append(f"| {scenario} | {kind} | {len(os_)} | {got} | {worst:.3f} s |")
     fails = len(failures)
     summary = f"{len(outcomes)} runs passed every check, {fails} failed" + (":" if fails else ".")
-    return "\n".join(rows + ["", summary, *[f"- {f}" for f in failures]])
+    return "\n".join([*rows, "", summary, *[f"- {f}" for f in failures]])
 
 
 def write(text: str, seed: int, runs: int) -> None:

@@ -70,18 +70,29 @@ def install(faults: list[Fault]) -> None:
         for f in fired:
             if f.kind == "stall":
                 _stall(self, f.seconds)
-        writer_write(self, value, timeout_s, **kw)
-        if any(f.kind == "corrupt" for f in fired):
-            _corrupt_last_record(self)
+        if not any(f.kind == "corrupt" for f in fired):
+            return writer_write(self, value, timeout_s, **kw)
+        # Corrupt the slot record between filling it and publishing it, so that no
+        # reader can have read it intact first.
+        publish = self._publish
+
+        def corrupt_then_publish(write_seq: int) -> None:
+            _corrupt_record(self, write_seq - 1)
+            publish(write_seq)
+
+        self._publish = corrupt_then_publish
+        try:
+            writer_write(self, value, timeout_s, **kw)
+        finally:
+            del self._publish
 
     ShmRingReader.read = read  # type: ignore[method-assign,assignment]
     ShmRingWriter.write = write  # type: ignore[method-assign]
 
 
-def _corrupt_last_record(writer: Any) -> None:
+def _corrupt_record(writer: Any, seq: int) -> None:
     from . import _shm_ring
 
-    seq = writer._seq - 1
     off = (writer._slots_off + _shm_ring._LINE * (seq % writer.spec.nslots)) // 8
     writer._ctrl.q[off] = seq + 7919  # a sequence number no reader expects
 

@@ -64,7 +64,10 @@ def _map(fd: int, size_bytes: int) -> tuple[ctypes.Array[ctypes.c_char], _Unmapp
         raise OSError(err, f"mmap of {size_bytes} bytes failed: {os.strerror(err)}")
     buf = (ctypes.c_char * size_bytes).from_address(addr)
     unmapper = _Unmapper(addr, size_bytes)
-    weakref.finalize(buf, unmapper)
+    # Not at interpreter exit: the finalizers left then run regardless of liveness, and
+    # a close() still due (a graph's, an endpoint's) must find the memory mapped. The
+    # kernel unmaps everything when the process ends anyway.
+    weakref.finalize(buf, unmapper).atexit = False
     return buf, unmapper
 
 
