@@ -20,6 +20,10 @@ BENCHMARKS = {
         "benchmarks.bench_graph",
         "Ray core vs Ray's Compiled Graph vs raycg: latency, throughput, compile, idle CPU",
     ),
+    "stats": (
+        "benchmarks.bench_stats",
+        "what graph.stats() recording (on by default) costs per execution",
+    ),
 }
 
 

@@ -461,13 +461,14 @@ def targets(results: Results) -> list[_util.Target]:
     return found
 
 
-def entry(plan: Plan, quick: bool, load: float, results: Results) -> str:
+def entry(plan: Plan, quick: bool, loads: tuple[float, float], results: Results) -> str:
     run_line = (
         f"latency: {plan.small.total:,} small / {plan.mib1.total:,} 1 MiB / {plan.mib8.total:,} 8 MiB "
         f"executions per engine and case (batches of {plan.small.batch:,} / {plan.mib1.batch:,} / "
         f"{plan.mib8.batch:,}); throughput: {plan.pipelined.total:,} executions (batches of "
         f"{plan.pipelined.batch:,}); compile: median of {plan.compile_reps}; idle: {plan.idle_s:g} s; "
-        f"1-minute load average before the run {load:.2f}" + (" — quick run" if quick else "")
+        f"1-minute load average before and after the run {loads[0]:.2f}, {loads[1]:.2f}"
+        + (" — quick run" if quick else "")
     )
     return "\n\n".join(
         [
@@ -550,7 +551,8 @@ def main(argv: list[str]) -> int:
     load = _util.warn_if_busy()
     t0 = time.monotonic()
     results = run(plan)
-    text = entry(plan, args.quick, load, results)
+    # After as well as before: other work that starts during a run shows only here.
+    text = entry(plan, args.quick, (load, os.getloadavg()[0]), results)
     print(text)
     print(f"\n({time.monotonic() - t0:.0f} s)")
     if args.record:

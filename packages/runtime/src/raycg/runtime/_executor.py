@@ -37,7 +37,7 @@ from raycg.transports import (
 )
 
 from . import _errors
-from ._stats import Recorder, now_ns
+from ._stats import STATS_ENABLED, Recorder, timed
 
 Getter = Callable[[list[Any]], Any]
 
@@ -103,7 +103,8 @@ class _Task:
         self.method = method
         self.display = display
         self.num_returns = num_returns
-        self.reads: list[tuple[int, Channel, Recorder]] = []  # channels first read by this task
+        # channels first read by this task: (value index, the channel's read)
+        self.reads: list[tuple[int, Callable[[float | None], Any]]] = []
         self.input_idx: list[int] = []  # every channel value this task uses
         self.getters: list[Getter] = []
         self.kwgetters: list[tuple[str, Getter]] = []
@@ -143,12 +144,16 @@ class _Executor:
         tasks = []
         for tp in setup.actor.tasks:
             task = _Task(getattr(instance, tp.method), tp.display_name, tp.num_returns or 1)
+            if STATS_ENABLED:  # time spent in the method
+                task.method = timed(task.method, task.stats)
             slots, from_input = [], []
             for ch in tp.inputs:
                 if ch not in self._index:
                     self._index[ch] = len(self._index)
-                    rec = self.read_stats[ch] = Recorder()  # time waiting for the value
-                    task.reads.append((self._index[ch], self._open_reader(plans[ch], me, shm, inproc), rec))
+                    read = self._open_reader(plans[ch], me, shm, inproc).read
+                    if STATS_ENABLED:  # time spent waiting for the value
+                        read = timed(read, self.read_stats.setdefault(ch, Recorder()))
+                    task.reads.append((self._index[ch], read))
                 slots.append(self._index[ch])
                 from_input.append(plans[ch].writer.WhichOneof("kind") == "driver")
             task.input_idx = slots
@@ -199,19 +204,15 @@ class _Executor:
 
     def _run_once(self, vals: list[Any]) -> None:
         for task in self.tasks:
-            for idx, reader, rec in task.reads:
-                t0 = now_ns()
-                vals[idx] = reader.read(None)
-                rec.add(now_ns() - t0)
+            for idx, read in task.reads:
+                vals[idx] = read(None)
             result = None
             for idx in task.input_idx:
                 if isinstance(vals[idx], RayTaskError):
                     result = vals[idx]  # an upstream task failed: skip this one
                     break
             if result is None:
-                t0 = now_ns()
                 result = self._call(task, vals)
-                task.stats.add(now_ns() - t0)
             for w in task.writers:
                 self._write(w, result, task)
         for i in range(self.nvals):

@@ -9,7 +9,9 @@ the percentiles here.
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +22,10 @@ if TYPE_CHECKING:
 
 SAMPLES = 1024
 now_ns = time.perf_counter_ns
+
+#: On by default; ``RAYCG_STATS=0`` in an actor's environment turns its recording off
+#: (read when the actor sets a graph up). What it costs is in docs/benchmarks.md.
+STATS_ENABLED = os.environ.get("RAYCG_STATS", "1") != "0"
 
 
 class Recorder:
@@ -46,6 +52,19 @@ class Recorder:
             "p90_us": round(float(pct[1]), 2),
             "p99_us": round(float(pct[2]), 2),
         }
+
+
+def timed(fn: Callable[..., Any], rec: Recorder) -> Callable[..., Any]:
+    """``fn``, recording how long each call takes (the executor's loop stays plain)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        t0 = now_ns()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            rec.add(now_ns() - t0)
+
+    return call
 
 
 def collect(graph: CompiledGraph) -> dict[str, Any]:
