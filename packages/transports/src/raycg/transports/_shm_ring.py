@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 import struct
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -141,6 +142,11 @@ class ShmRing:
     """
 
     def __init__(self, nslots: int, nreaders: int, slot_bytes: int = 1 << 20, name: str = "ring"):
+        if platform.machine() not in ("x86_64", "AMD64"):
+            # The protocol relies on x86-64's store ordering (docs/transports.md).
+            raise NotImplementedError(
+                f"raycg's shared-memory ring supports x86-64 only, not {platform.machine()!r}"
+            )
         if nslots < 1 or nreaders < 1:
             raise ValueError(f"a ring needs nslots >= 1 and nreaders >= 1, got {nslots}, {nreaders}")
         self.name = name
