@@ -144,12 +144,12 @@ class Target:
 
 
 def format_number(x: float) -> str:
-    """Three significant digits, thousands separated: 0.0412, 4.12, 41.2, 4,120."""
+    """Three significant digits, thousands separated: 0.0412, 4.10, 41.2, 4,120."""
     if x != x:  # NaN: not measured
         return "-"
-    if abs(x) >= 100:
+    if abs(float(f"{x:.3g}")) >= 100:  # rounded first: 99.96 is "100", not "100."
         return f"{x:,.0f}"
-    return f"{x:.3g}"
+    return f"{x:#.3g}"  # "#" keeps trailing zeros: 7.00, not 7
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:

@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -402,7 +403,8 @@ def actors_label(n: int) -> str:
     return f"{n} actor{'s' * (n > 1)}"
 
 
-def compile_ms(times: list[float]) -> float:
+def median_ms(times: list[float]) -> float:
+    """Milliseconds, the median of ``times`` (seconds); NaN for an engine with nothing to time."""
     return 1e3 * statistics.median(times) if times else float("nan")
 
 
@@ -432,10 +434,10 @@ def table(results: Results) -> str:
     throughput = {e: executions_per_s(s) for e, s in results.throughput.items()}
     rows.append(_ratio_row(f"chain of 2, {IN_FLIGHT} in flight (executions/s)", throughput, "x"))
     for n, times in results.compile_s.items():
-        values = {e: compile_ms(t) for e, t in times.items()}
+        values = {e: median_ms(t) for e, t in times.items()}
         rows.append(_ratio_row(f"cold compile, {actors_label(n)} (ms)", values))
     for n, times in results.first_s.items():
-        values = {e: compile_ms(t) for e, t in times.items()}
+        values = {e: median_ms(t) for e, t in times.items()}
         rows.append(_ratio_row(f"cold compile + first execution, {actors_label(n)} (ms)", values))
     idle = {e: round(pct, 3) for e, pct in results.idle_pct.items()}
     rows.append(_row("idle graph, CPU per actor (% of a core)", idle, "-"))
@@ -452,13 +454,28 @@ def targets(results: Results) -> list[_util.Target]:
     multiple = executions_per_s(tp[RAYCG]) / executions_per_s(tp[RAY_CG])
     found.append(AtLeast("throughput, chain of 2: raycg / Ray CG at least", multiple, THROUGHPUT_LIMIT, "x"))
     for n, times in results.compile_s.items():
-        ratio = compile_ms(times[RAYCG]) / compile_ms(times[RAY_CG])
+        ratio = median_ms(times[RAYCG]) / median_ms(times[RAY_CG])
         goal = f"cold compile, {actors_label(n)}: raycg / Ray CG"
         found.append(_util.Target(goal, ratio, COMPILE_LIMIT, "x"))
     found.append(
         _util.Target("idle graph: raycg CPU per actor", results.idle_pct[RAYCG], IDLE_LIMIT_PCT, "%")
     )
     return found
+
+
+def raycg_revision() -> str:
+    """The commit of the code measured, marked when the engine's sources differ from it."""
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown"
+    changed = git("status", "--porcelain", "--", "src", "packages", "proto")
+    return commit + (" with local changes" if changed else "")
 
 
 def entry(plan: Plan, quick: bool, loads: tuple[float, float], results: Results) -> str:
@@ -473,7 +490,8 @@ def entry(plan: Plan, quick: bool, loads: tuple[float, float], results: Results)
     return "\n\n".join(
         [
             f"### {_util.now_utc()}",
-            f"Machine: {_util.describe_machine()}, Ray {ray.__version__}.\nRun: {run_line}.",
+            f"Machine: {_util.describe_machine()}, Ray {ray.__version__}, raycg {raycg_revision()}.\n"
+            f"Run: {run_line}.",
             table(results),
             _util.format_targets(targets(results)),
         ]
@@ -487,7 +505,7 @@ Groups = dict[str, dict[str, float]]  # group label -> engine -> value
 
 
 def _medians_ms(seconds: Seconds, label: Callable[[int], str]) -> Groups:
-    return {label(n): {e: compile_ms(t) for e, t in times.items()} for n, times in seconds.items()}
+    return {label(n): {e: median_ms(t) for e, t in times.items()} for n, times in seconds.items()}
 
 
 def _panels(results: Results) -> list[tuple[str, Groups]]:
@@ -518,8 +536,8 @@ def plot(results: Results, title: str, path: Path) -> None:
     fig, axes = plt.subplot_mosaic(
         [["a", "a", "a"], ["b", "c", "d"]], figsize=(12, 8), width_ratios=[4, 1, 1]
     )
-    for ax, (title, groups) in zip(axes.values(), _panels(results)):
-        _bars(ax, title, groups)
+    for ax, (panel_title, groups) in zip(axes.values(), _panels(results)):
+        _bars(ax, panel_title, groups)
     axes["a"].legend(loc="upper right", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -180,7 +180,7 @@ class Results:
         """Refuse to wait for a value the writer cannot write because a zero-copy value
         this process holds pins the slot it needs (waiting would only time out)."""
         blocking_seq = reader.next_seq - reader.spec.nslots
-        if blocking_seq < 0:
+        if blocking_seq < 0 or not reader.holds_pins:
             return
         for seq, desc in reader.pinned():
             if seq == blocking_seq:

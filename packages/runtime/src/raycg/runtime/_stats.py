@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import ray
 
 if TYPE_CHECKING:
@@ -43,6 +42,8 @@ class Recorder:
         self.count += 1
 
     def summary(self) -> dict[str, Any]:
+        import numpy as np  # here, not at import: actors would pay ~40 ms at their first setup
+
         kept = np.asarray(self.samples[: min(self.count, SAMPLES)], dtype=np.float64) / 1e3
         pct = np.percentile(kept, [50, 90, 99]) if len(kept) else [float("nan")] * 3
         return {

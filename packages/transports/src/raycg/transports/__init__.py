@@ -54,9 +54,12 @@ def open_reader(spec: ShmRingSpec, index: int, **kwargs: object) -> ShmRingReade
 
 def _install_faults() -> None:
     # Fault injection for chaos runs: a no-op unless RAYCG_FAULTS is set (see _faults).
-    from ._faults import install_from_env
+    import os
 
-    install_from_env()
+    if os.environ.get("RAYCG_FAULTS"):
+        from ._faults import install_from_env
+
+        install_from_env()
 
 
 _install_faults()

@@ -7,14 +7,13 @@ slot, which stays pinned (released_seq does not pass it) until they are garbage.
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
 import pickle
 import struct
 import threading
 import time
 import weakref
-
-import numpy as np
 
 from . import _futex, _liveness, _serde
 from ._channel import wrong_end
@@ -118,6 +117,12 @@ class ShmRingReader(_Endpoint):
         return held
 
     @property
+    def holds_pins(self) -> bool:
+        """Whether zero-copy values read from this ring may still be alive (cheap: no
+        drain; call pinned() for the details)."""
+        return bool(self._pinned) or bool(self._unpinned)
+
+    @property
     def next_seq(self) -> int:
         """The sequence number the next read returns."""
         return self._next
@@ -164,13 +169,13 @@ class ShmRingReader(_Endpoint):
                 return pickle.loads(meta, buffers=bufs)
             finally:
                 self._release_through(seq + 1)
-        # Zero copy: one read-only view of the slot, owned by an ndarray we can watch.
+        # Zero copy: one read-only view of the slot, exported by a ctypes array we can
+        # watch (it keeps the mapping alive; its finalizer unpins the slot).
         with self._pin_lock:
             self._pinned[seq] = "a zero-copy value being decoded"
-        count = table[-2] + table[-1]
-        pin = np.frombuffer(seg.mm, dtype=np.uint8, count=count, offset=base)  # type: ignore[call-overload]
+        pin = (ctypes.c_char * (table[-2] + table[-1])).from_buffer(seg.mm, base)  # type: ignore[arg-type]
         weakref.finalize(pin, _on_unpin, self._self_ref, self._unpinned, seq).atexit = False
-        pv = pin.data.toreadonly()
+        pv = memoryview(pin).cast("B").toreadonly()
         bufs2 = [pv[o : o + n] for o, n in zip(table[0::2], table[1::2])]
         try:
             value = pickle.loads(meta, buffers=bufs2)
