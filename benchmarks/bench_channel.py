@@ -12,9 +12,10 @@ c. multiprocessing's Pipe (send/recv), the usual baseline.
 Then, alone: a child blocked in ShmRingReader.read on an idle channel, and the CPU it uses.
 
 Fairness on a small machine: only the parent and one child are busy at any time (the
-other children sleep in their read), the transports take turns in short batches so
-that drift is shared, each batch starts with unrecorded trips (the child slept since
-its last batch), and the garbage collector is off while timing.
+other children sleep in their read), the parent and the children run on two different
+CPUs, the transports take turns in short batches so that drift is shared, each batch
+starts with unrecorded trips (the child slept since its last batch), and the garbage
+collector is off while timing.
 """
 
 from __future__ import annotations
@@ -261,8 +262,8 @@ def _join(proc: Any) -> None:
 # --- measuring ----------------------------------------------------------------------
 
 
-def _warm_up(round_trip: Callable[[Any], object], value: object, trips: int, settled_ns: int | None) -> int:
-    """Unrecorded trips before a batch; how many. With ``settled_ns``: until ``trips``
+def _warm_up(round_trip: Callable[[Any], object], value: object, trips: int, settled_ns: int | None) -> None:
+    """``trips`` unrecorded trips before a batch. With ``settled_ns``: until ``trips``
     in a row each took less, so that both processes are awake and spinning.
 
     The child has slept since its last batch, and on a VM waking a process can take
@@ -276,7 +277,6 @@ def _warm_up(round_trip: Callable[[Any], object], value: object, trips: int, set
         round_trip(value)
         done += 1
         in_a_row = in_a_row + 1 if settled_ns is None or clock() - t0 < settled_ns else 0
-    return done
 
 
 def _runner(

@@ -1,12 +1,13 @@
 """The caller's result buffer: reads the output rings in execution order, hands each
 result to the ref it belongs to, from any thread.
 
-Threads. One thread at a time reads the rings: it holds the *read token* (a lock) while
-it reads one execution, without holding the buffer's lock, so other threads can take
-results already buffered meanwhile. A thread whose result is not buffered waits for the
-token (up to its deadline) and, once it has it, reads the next execution itself. So
-every result reaches its own ref whatever thread asks, and nobody waits longer than its
-own timeout.
+Threads. One thread at a time reads the rings: it takes a turn, reads one execution
+without holding the buffer's lock (so other threads can take results already
+buffered), stores it, and wakes every waiting thread. A thread whose result is not
+buffered waits (up to its deadline) for its result to appear or for the turn, and then
+reads the next execution itself. So every result reaches its own ref whatever thread
+asks, nobody waits longer than its own timeout, and nobody waits for a result that is
+already buffered (waiting on a lock instead would let unfair hand-offs starve it).
 
 Pinning. A result read for the get that asked for it is handed over zero-copy. Results
 read on the way (earlier or later executions nobody asked for yet) are copied into the
@@ -48,11 +49,13 @@ class Results:
         self._max_buffered = max_buffered
         self._fault = fault
         self._closed = False
-        # Re-entrant: a fault met while reading tears the graph down, which clears us.
-        self._token = threading.RLock()
+        # One thread at a time reads the rings (``_reader``, its ident); the others wait
+        # on the condition, which is notified after every execution read.
         # Re-entrant: a ref dropped by the garbage collector (GraphRef.__del__) may
         # call release() while this thread already holds the lock.
         self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._reader: int | None = None
         self.next_read = 0  # the next execution to read from the rings
         self._partial: list[Any] = []  # its channel values read so far
         self._rows: dict[int, list[Any]] = {}
@@ -64,18 +67,10 @@ class Results:
     def fetch(self, idx: int, out: int, deadline: float) -> Any:
         """The result ``out`` of execution ``idx``, reading the rings as needed."""
         while True:
-            found, value = self._take_buffered(idx, out)
+            found, value = self._wait_turn(deadline, idx, out)
             if found:
                 return value
-            if not self._acquire_token(deadline):
-                raise RayChannelTimeoutError(
-                    f"get on {self._name}: timed out waiting for execution {idx} "
-                    "(another thread was reading the results)"
-                )
             try:
-                found, value = self._take_buffered(idx, out)
-                if found:
-                    return value
                 if idx > self.next_read and len(self._rows) >= self._max_buffered:
                     raise RayCgraphCapacityExceeded(
                         f"{self._name}: {len(self._rows)} results buffered (max_buffered_results="
@@ -83,12 +78,11 @@ class Results:
                     )
                 self._read_one(deadline, "get", copy=idx != self.next_read)
             finally:
-                self._token.release()
+                self._end_turn()
 
     def drain_one(self, deadline: float) -> None:
         """Read the oldest execution in flight into the buffer (for ``execute``)."""
-        if not self._acquire_token(deadline):
-            raise RayChannelTimeoutError(f"execute on {self._name}: timed out waiting for a result to drain")
+        self._wait_turn(deadline)
         try:
             if len(self._rows) >= self._max_buffered:
                 raise RayCgraphCapacityExceeded(
@@ -98,7 +92,7 @@ class Results:
                 )
             self._read_one(deadline, "execute", copy=True)
         finally:
-            self._token.release()
+            self._end_turn()
 
     def release(self, idx: int, out: int) -> None:
         """A ref was dropped without a get: forget its result, now or when it comes."""
@@ -109,18 +103,17 @@ class Results:
                 self._dropped.setdefault(idx, set()).add(out)
 
     def clear(self, timeout_s: float = 5.0) -> None:
-        """Forget every result and drop the readers (at teardown)."""
-        got = self._token.acquire(timeout=timeout_s)
-        try:
-            with self._lock:
-                self._rows.clear()
-                self._dropped.clear()
-                self._partial.clear()
-                self._readers = []
-                self._closed = True
-        finally:
-            if got:
-                self._token.release()
+        """Forget every result and drop the readers (at teardown; the rings are closed
+        already, so a thread reading them is about to give its turn back)."""
+        with self._cond:
+            self._closed = True
+            me = threading.get_ident()
+            self._cond.wait_for(lambda: self._reader in (None, me), timeout_s)
+            self._rows.clear()
+            self._dropped.clear()
+            self._partial.clear()
+            self._readers = []
+            self._cond.notify_all()
 
     @property
     def buffered(self) -> int:
@@ -128,20 +121,35 @@ class Results:
 
     # -- reading ----------------------------------------------------------------------
 
-    def _acquire_token(self, deadline: float) -> bool:
-        left = remaining(deadline)
-        return self._token.acquire(timeout=-1 if math.isinf(left) else left)
+    def _wait_turn(self, deadline: float, idx: int | None = None, out: int = 0) -> tuple[bool, Any]:
+        """Until the result ``(idx, out)`` is buffered -> (True, it); or until nobody
+        reads the rings -> (False, None), and this thread's turn to read has begun."""
+        with self._cond:
+            while True:
+                if idx is not None:
+                    row = self._rows.get(idx)
+                    if row is not None and row[out] is not _TAKEN:
+                        value = row[out]
+                        self._take(idx, out)
+                        return True, value
+                    if idx < self.next_read:
+                        raise ValueError(f"the result of execution {idx} (output {out}) was already released")
+                if self._reader is None or self._closed:
+                    self._reader = threading.get_ident()
+                    return False, None
+                left = remaining(deadline)
+                if left <= 0:
+                    what = f"execution {idx}" if idx is not None else "a result to drain"
+                    raise RayChannelTimeoutError(
+                        f"{self._name}: timed out waiting for {what} (another thread was reading the results)"
+                    )
+                self._cond.wait(None if math.isinf(left) else left)
 
-    def _take_buffered(self, idx: int, out: int) -> tuple[bool, Any]:
-        with self._lock:
-            row = self._rows.get(idx)
-            if row is not None and row[out] is not _TAKEN:
-                value = row[out]
-                self._take(idx, out)
-                return True, value
-            if idx < self.next_read:
-                raise ValueError(f"the result of execution {idx} (output {out}) was already released")
-            return False, None
+    def _end_turn(self) -> None:
+        with self._cond:
+            if self._reader == threading.get_ident():
+                self._reader = None
+            self._cond.notify_all()  # waiters re-check the buffer, and one may read next
 
     def _read_one(self, deadline: float, what: str, copy: bool) -> None:
         """Read every output ring once for execution ``next_read`` (holding the token)."""
