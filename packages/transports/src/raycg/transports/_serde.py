@@ -78,9 +78,12 @@ def encode(value: object) -> tuple[bytes, list[memoryview]]:
     Raises:
         ValueNotSerializable: naming the value's type and why pickle refused it.
     """
+    if type(value) in _PLAIN_TYPES:
+        # Fastest path: nothing out-of-band can come of a plain value.
+        return pickle.dumps(value, protocol=5), []
     buffers: list[pickle.PickleBuffer] = []
     try:
-        if "torch" not in sys.modules or type(value) in _PLAIN_TYPES or _is_ndarray(value):
+        if "torch" not in sys.modules or _is_ndarray(value):
             # Fast path: the C pickler without a reducer_override hook.
             meta = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
         else:

@@ -25,6 +25,7 @@ from ._shm_ring import (
     _DATA_FUTEX,
     _DESC_BYTES,
     _LINE,
+    _PURE_SPIN_NS,
     _R_PID,
     _R_PINNED,
     _R_RELEASED,
@@ -197,9 +198,9 @@ class ShmRingReader(_Endpoint):
     def _publish_released(self, released: int) -> None:
         q, i = self._ctrl.q, self._ctrl.i
         q[self._released_off] = released
-        i[_SPACE_FUTEX // 4] = (i[_SPACE_FUTEX // 4] + 1) & 0xFFFFFFFF
         _futex.fence()
-        if i[_WRITER_WAITING // 4]:
+        if i[_WRITER_WAITING // 4]:  # the word changes only for a sleeper (see _publish)
+            i[_SPACE_FUTEX // 4] = (i[_SPACE_FUTEX // 4] + 1) & 0xFFFFFFFF
             _futex.futex_wake(self._ctrl.addr + _SPACE_FUTEX)
 
     def _drain_unpinned(self) -> None:
@@ -245,11 +246,14 @@ class ShmRingReader(_Endpoint):
 
     def _wait_data(self, seq: int, deadline: float) -> None:
         q, i = self._ctrl.q, self._ctrl.i
-        spin_end = time.perf_counter_ns() + self._spin_ns
-        while time.perf_counter_ns() < spin_end:
+        now = time.perf_counter_ns()
+        spin_end, yield_from = now + self._spin_ns, now + _PURE_SPIN_NS
+        while now < spin_end:
             if q[_WRITE_SEQ // 8] > seq or i[_CLOSED // 4]:
                 break
-            os.sched_yield()  # on a busy node, let the process we wait for run
+            if now > yield_from:
+                os.sched_yield()  # on a busy node, let the process we wait for run
+            now = time.perf_counter_ns()
         while True:
             self._check_closed()
             if q[_WRITE_SEQ // 8] > seq:

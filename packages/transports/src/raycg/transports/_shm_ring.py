@@ -87,6 +87,9 @@ _ALIGN = 64
 
 DEFAULT_SPIN_S = float(os.environ.get("RAYCG_SPIN_US", "50")) * 1e-6
 DEFAULT_LIVENESS_INTERVAL_S = 0.1
+# The first microseconds of a spin poll without a syscall (a peer on another core
+# answers within them); after that each poll also yields the core (sched_yield).
+_PURE_SPIN_NS = 3_000
 # Out-of-band buffers smaller than this in total are copied out of the slot instead of
 # pinning it: a few small arrays held by user code must not stall the ring.
 DEFAULT_ZERO_COPY_MIN_BYTES = 64 * 1024

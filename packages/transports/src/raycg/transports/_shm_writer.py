@@ -25,6 +25,7 @@ from ._shm_ring import (
     _DATA_FUTEX,
     _DESC_BYTES,
     _LINE,
+    _PURE_SPIN_NS,
     _R_PID,
     _R_PINNED,
     _R_RELEASED,
@@ -87,6 +88,10 @@ class ShmRingWriter(_Endpoint):
         self._waiting_offs = [(_READERS + _LINE * r + _R_WAITING) // 4 for r in range(spec.nreaders)]
         self._slots_off = _slots_offset(spec.nreaders)
         self._min_released = 0
+        # Cached: the hot path's attribute chains cost more than its stores.
+        assert self._ctrl.seg.view is not None and self._data.view is not None
+        self._ctrl_view: memoryview = self._ctrl.seg.view
+        self._data_view: memoryview = self._data.view
         self._attached()
 
     def __repr__(self) -> str:
@@ -116,14 +121,21 @@ class ShmRingWriter(_Endpoint):
                 self._wait_space(need, deadline_after(timeout_s), raise_if_pinned)
         if self._old:
             self._free_old_generations()
-        offsets, total = _slot_layout(len(meta), raws)
-        if total > self._slot_bytes:
-            self._grow(total)
-        base = (seq % self.spec.nslots) * self._slot_bytes
-        self._fill_slot(base, meta, raws, offsets)
+        slot = seq % self.spec.nslots
+        if raws:
+            offsets, total = _slot_layout(len(meta), raws)
+            if total > self._slot_bytes:
+                self._grow(total)
+            base = slot * self._slot_bytes
+            self._fill_slot(base, meta, raws, offsets)
+        else:  # the common small value: just the pickle stream
+            if len(meta) > self._slot_bytes:
+                self._grow(len(meta))
+            base = slot * self._slot_bytes
+            self._data_view[base : base + len(meta)] = meta
         _SLOT_RECORD.pack_into(
-            self._ctrl.seg.view,  # type: ignore[arg-type]
-            self._slots_off + _LINE * (seq % self.spec.nslots),
+            self._ctrl_view,
+            self._slots_off + _LINE * slot,
             seq,
             self._gen,
             self._data.pid,
@@ -152,10 +164,13 @@ class ShmRingWriter(_Endpoint):
         q, i = self._ctrl.q, self._ctrl.i
         q[_WRITE_SEQ // 8] = write_seq
         self._seq = write_seq
-        i[_DATA_FUTEX // 4] = (i[_DATA_FUTEX // 4] + 1) & 0xFFFFFFFF
         _futex.fence()
+        # The futex word changes only when a reader sleeps: a sleeper reads the word
+        # before it says it waits, so bumping it after seeing the flag cannot be missed
+        # (and a reader that never sleeps never sees this cache line dirtied for it).
         for off in self._waiting_offs:
             if i[off]:
+                i[_DATA_FUTEX // 4] = (i[_DATA_FUTEX // 4] + 1) & 0xFFFFFFFF
                 _futex.futex_wake(self._ctrl.addr + _DATA_FUTEX)
                 break
 
@@ -165,11 +180,14 @@ class ShmRingWriter(_Endpoint):
 
     def _wait_space(self, need: int, deadline: float, raise_if_pinned: bool) -> None:
         i = self._ctrl.i
-        spin_end = time.perf_counter_ns() + self._spin_ns
-        while time.perf_counter_ns() < spin_end:
+        now = time.perf_counter_ns()
+        spin_end, yield_from = now + self._spin_ns, now + _PURE_SPIN_NS
+        while now < spin_end:
             if self._read_min_released() >= need or i[_CLOSED // 4]:
                 break
-            os.sched_yield()  # on a busy node, let the process we wait for run
+            if now > yield_from:
+                os.sched_yield()  # on a busy node, let the process we wait for run
+            now = time.perf_counter_ns()
         while True:
             self._check_closed()
             self._min_released = self._read_min_released()
@@ -237,6 +255,8 @@ class ShmRingWriter(_Endpoint):
         seg = Segment.create(self.spec.nslots * slot_bytes, f"{self.spec.name}.data.{gen}")
         self._old.append((self._gen, self._seq - 1, self._data))
         self._data, self._gen, self._slot_bytes = seg, gen, slot_bytes
+        assert seg.view is not None
+        self._data_view = seg.view
         q = self._ctrl.q
         q[_CUR_GEN // 8], q[_CUR_PID // 8], q[_CUR_FD // 8] = gen, seg.pid, seg.fd
         q[_CUR_SLOT_BYTES // 8] = slot_bytes
