@@ -39,7 +39,7 @@ def test_execute_and_get_from_many_threads(actors: list) -> None:
             t.join(60)
     finally:
         graph.teardown()
-    assert not errors, errors
+    assert not errors, [str(e) for e in errors]
 
 
 @ray.remote(num_cpus=0)

@@ -138,7 +138,7 @@ class CompiledGraph:
             results = self._results
             assert results is not None
             while self._next_exec - results.next_read >= self._max_inflight:
-                results.drain_one(deadline)
+                results.drain_one(deadline, self._next_exec, self._max_inflight)
             try:
                 self._input.write((args, kwargs), remaining(deadline))
             except ChannelError as e:

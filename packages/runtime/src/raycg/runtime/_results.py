@@ -80,10 +80,13 @@ class Results:
             finally:
                 self._end_turn()
 
-    def drain_one(self, deadline: float) -> None:
-        """Read the oldest execution in flight into the buffer (for ``execute``)."""
+    def drain_one(self, deadline: float, submitted: int, max_inflight: int) -> None:
+        """Make room for one more execution (for ``execute``): read the oldest in flight
+        into the buffer, unless another thread's get did so while we waited our turn."""
         self._wait_turn(deadline)
         try:
+            if submitted - self.next_read < max_inflight:
+                return  # room was made meanwhile: reading now would wait for a value never sent
             if len(self._rows) >= self._max_buffered:
                 raise RayCgraphCapacityExceeded(
                     f"{self._name}: every execution in flight is finished and {len(self._rows)} "
