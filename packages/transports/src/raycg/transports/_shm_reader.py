@@ -21,7 +21,6 @@ from ._deadline import deadline_after
 from ._errors import ChannelBroken, ChannelTimeout
 from ._segment import Segment
 from ._shm_ring import (
-    _ADAPTIVE_MAX_NS,
     _CLOSED,
     _DATA_FUTEX,
     _DESC_BYTES,
@@ -98,7 +97,6 @@ class ShmRingReader(_Endpoint):
         self._pinned: dict[int, str] = {}
         self._unpinned: collections.deque[int] = collections.deque()
         self._pin_lock = threading.Lock()
-        self._recent_wait_ns = 1 << 62  # no waits seen yet: the default spin
         self._published_pin = (NONE, "")
         # Finalizers reach the reader through a weak reference: a value the user keeps
         # must not keep the endpoint (and its mappings) alive.
@@ -248,8 +246,8 @@ class ShmRingReader(_Endpoint):
 
     def _wait_data(self, seq: int, deadline: float) -> None:
         q, i = self._ctrl.q, self._ctrl.i
-        now = start = time.perf_counter_ns()
-        spin_end, yield_from = now + self._spin_budget_ns(), now + _PURE_SPIN_NS
+        now = time.perf_counter_ns()
+        spin_end, yield_from = now + self._spin_ns, now + _PURE_SPIN_NS
         while now < spin_end:
             if q[_WRITE_SEQ // 8] > seq or i[_CLOSED // 4]:
                 break
@@ -259,8 +257,6 @@ class ShmRingReader(_Endpoint):
         while True:
             self._check_closed()
             if q[_WRITE_SEQ // 8] > seq:
-                # An average of recent waits (in ns), weighting the last one by 1/4.
-                self._recent_wait_ns = (3 * self._recent_wait_ns + time.perf_counter_ns() - start) // 4
                 return
             expected = i[_DATA_FUTEX // 4]
             i[self._waiting_off] = 1
@@ -277,17 +273,6 @@ class ShmRingReader(_Endpoint):
                 pid, start = i[_WRITER_PID // 4], q[_WRITER_START // 8]
                 if not _liveness.is_alive(pid, start):
                     raise ChannelBroken(f"channel {self.spec.name!r}: the writer (pid {pid}) died")
-
-    def _spin_budget_ns(self) -> int:
-        """How long to spin before sleeping: the default, or, while values have been
-        coming within ``_ADAPTIVE_MAX_NS``, a quarter longer than the recent wait, so that a
-        reader whose values take a little longer than the default spin (a 1 MB
-        execution, say) does not pay a futex wake-up each time. An idle channel's
-        waits are long, so its reader is back to the short default after one wait."""
-        recent = self._recent_wait_ns
-        if recent >= _ADAPTIVE_MAX_NS:
-            return self._spin_ns
-        return max(self._spin_ns, min(recent + recent // 4, _ADAPTIVE_MAX_NS))
 
     def close(self) -> None:
         if self._closed_locally:

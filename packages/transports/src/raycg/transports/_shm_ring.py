@@ -90,8 +90,6 @@ DEFAULT_LIVENESS_INTERVAL_S = 0.1
 # The first microseconds of a spin poll without a syscall (a peer on another core
 # answers within them); after that each poll also yields the core (sched_yield).
 _PURE_SPIN_NS = 3_000
-# A reader spins longer (up to this) while its values keep coming within it.
-_ADAPTIVE_MAX_NS = 1_000_000
 # Out-of-band buffers smaller than this in total are copied out of the slot instead of
 # pinning it: a few small arrays held by user code must not stall the ring.
 DEFAULT_ZERO_COPY_MIN_BYTES = 64 * 1024
