@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import os
 import random
-from collections.abc import Iterator
 
 import pytest
 
@@ -23,17 +22,9 @@ SEEDS = [BASE_SEED + k for k in range(int(os.environ.get("CHAOS_SEEDS", "2")))]
 pytestmark = [pytest.mark.chaos, pytest.mark.ray, pytest.mark.timeout(120)]
 
 
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
-    from ._harness import ensure_ray
-
-    ensure_ray()
-    yield
-
-
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_scenario(ray_cluster: None, scenario: str, seed: int) -> None:
+def test_scenario(ray_local: None, scenario: str, seed: int) -> None:
     module = importlib.import_module(f"chaos.{scenario}")
     outcome = module.run(seed)
     print(outcome.line())

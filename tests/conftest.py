@@ -10,13 +10,7 @@ from collections.abc import Iterator
 import pytest
 import ray
 
-
-@pytest.fixture(scope="session")
-def ray_local() -> Iterator[None]:
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+from raycg.transports import process_start_time
 
 
 @ray.remote(num_cpus=0)
@@ -89,11 +83,7 @@ def wait_process_gone(pid: int, timeout_s: float = 10.0) -> None:
     """Until process ``pid`` has exited (a zombie counts): ray.kill returns before."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return
-        except OSError:
+        if process_start_time(pid) is None:  # gone, or a zombie
             return
         time.sleep(0.01)
     raise AssertionError(f"process {pid} still runs after {timeout_s} s")

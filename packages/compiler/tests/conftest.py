@@ -13,16 +13,6 @@ from compiler_helpers import Echo
 
 
 @pytest.fixture(scope="session")
-def ray_local() -> Iterator[None]:
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="session")
 def actors(ray_local: None) -> list[Any]:
     """Three live Echo actors, ready (their creation finished) before any test uses them."""
     handles = [Echo.remote() for _ in range(3)]

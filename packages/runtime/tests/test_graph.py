@@ -8,6 +8,7 @@ import uuid
 import pytest
 import ray
 from ray.exceptions import RayChannelError
+from runtime_plans import add_channel
 
 from raycg.proto import Options, Plan, Transport
 from raycg.runtime import CompiledGraph, actor_running_graphs
@@ -29,16 +30,7 @@ def _plan() -> Plan:
 
 
 def _channel(plan: Plan, cid: str, transport: int, writer: str | None, readers: list[str | None]) -> None:
-    ch = plan.channels.add(channel_id=cid, transport=transport, num_slots=4, slot_size_bytes=4096, label=cid)
-    if writer is None:
-        ch.writer.driver = True
-    else:
-        ch.writer.actor_id = writer
-    for r in readers:
-        if r is None:
-            ch.readers.add(driver=True)
-        else:
-            ch.readers.add(actor_id=r)
+    add_channel(plan, cid, transport, writer, readers, slots=4, slot_bytes=4096)
 
 
 def chain_plan(a: str, b: str) -> Plan:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from runtime_plans import add_channel
 
 from raycg.proto import Plan, Transport
 from raycg.runtime import _visualize
@@ -21,18 +22,7 @@ MB = 1_000_000  # the default buffer_size_bytes
 def _channel(
     plan: Plan, cid: str, transport: int, writer: str | None, readers: list[str | None], slots: int = 10
 ) -> None:
-    ch = plan.channels.add(
-        channel_id=cid, transport=transport, num_slots=slots, slot_size_bytes=MB, label=cid
-    )
-    if writer is None:
-        ch.writer.driver = True
-    else:
-        ch.writer.actor_id = writer
-    for r in readers:
-        if r is None:
-            ch.readers.add(driver=True)
-        else:
-            ch.readers.add(actor_id=r)
+    add_channel(plan, cid, transport, writer, readers, slots, MB)
 
 
 def _task(plan: Plan, actor: str, name: str, inputs: list[str], outputs: list[str], returns: int = 1) -> None:

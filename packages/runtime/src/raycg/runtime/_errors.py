@@ -19,7 +19,7 @@ from ray.exceptions import (
     RayTaskError,
 )
 
-from raycg.transports import ChannelBroken, ChannelClosed, ChannelError, ChannelTimeout, SlotPinned
+from raycg.transports import ChannelError, ChannelTimeout, SlotPinned
 
 
 def wrap_task_error(
@@ -63,9 +63,7 @@ def to_ray_error(exc: ChannelError, what: str, died: ActorDiedError | None = Non
         return RayCgraphCapacityExceeded(f"{what}: {exc}")
     if isinstance(exc, ChannelTimeout):
         return RayChannelTimeoutError(f"{what}: {exc}")
-    if isinstance(exc, (ChannelClosed, ChannelBroken)):
-        return RayChannelError(f"{what}: {exc}")
-    return RayChannelError(f"{what}: {exc}")
+    return RayChannelError(f"{what}: {exc}")  # closed, broken, or anything else
 
 
 def torn_down_error(graph_id: str, reason: str | None) -> RayChannelError:

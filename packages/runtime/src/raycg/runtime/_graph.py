@@ -35,6 +35,18 @@ TEARDOWN_TIMEOUT_S = 10.0
 _LIVE: weakref.WeakSet[CompiledGraph] = weakref.WeakSet()
 
 
+# This process's pid, kept current across fork() without a syscall on every call.
+_this_pid = os.getpid()
+
+
+def _after_fork() -> None:
+    global _this_pid
+    _this_pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def ray_timeout(seconds: float) -> float | None:
     """Ray's spelling (-1 forever, 0 immediate, else seconds) to the transports' one."""
     return None if seconds < 0 else seconds
@@ -235,10 +247,10 @@ class CompiledGraph:
             ) from self._death_error()
         if self._torn_down or self._closing:
             raise _errors.torn_down_error(self.graph_id, self._teardown_reason)
-        if os.getpid() != self._pid:
+        if _this_pid != self._pid:
             raise RayChannelError(
                 f"{self._name} was compiled by process {self._pid}; only that process may "
-                f"execute it (this is {os.getpid()})"
+                f"execute it (this is {_this_pid})"
             )
 
     def _dead_actor(self) -> str | None:
@@ -291,11 +303,8 @@ class CompiledGraph:
         self._stop_executors()
 
     def _stop_executors(self) -> None:
-        alive = [
-            h
-            for aid, h in self._actors.items()
-            if _monitor.first_dead({aid: self._processes.get(aid, (0, 0))}) is None
-        ]
+        dead = _monitor.dead_actors(self._processes)  # nothing left to stop there
+        alive = [h for aid, h in self._actors.items() if aid not in dead]
         refs: list[Any] = [
             h.__ray_call__.remote(teardown_actor, self.graph_id, TEARDOWN_TIMEOUT_S) for h in alive
         ]

@@ -50,12 +50,15 @@ def unwatch(graph: Watched) -> None:
         _graphs.discard(graph)
 
 
+def dead_actors(processes: dict[str, tuple[int, int]]) -> list[str]:
+    """The actors (of actor id -> (pid, start time)) whose processes are gone."""
+    return [actor_id for actor_id, (pid, start) in processes.items() if not is_process_alive(pid, start)]
+
+
 def first_dead(processes: dict[str, tuple[int, int]]) -> str | None:
-    """The first actor (of actor id -> (pid, start time)) whose process is gone."""
-    for actor_id, (pid, start) in processes.items():
-        if not is_process_alive(pid, start):
-            return actor_id
-    return None
+    """The first actor whose process is gone, or None."""
+    dead = dead_actors(processes)
+    return dead[0] if dead else None
 
 
 def _run() -> None:

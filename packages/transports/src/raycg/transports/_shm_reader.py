@@ -12,7 +12,6 @@ import os
 import pickle
 import struct
 import threading
-import time
 import weakref
 
 from . import _futex, _liveness, _serde
@@ -25,7 +24,6 @@ from ._shm_ring import (
     _DATA_FUTEX,
     _DESC_BYTES,
     _LINE,
-    _PURE_SPIN_NS,
     _R_PID,
     _R_PINNED,
     _R_RELEASED,
@@ -246,33 +244,20 @@ class ShmRingReader(_Endpoint):
 
     def _wait_data(self, seq: int, deadline: float) -> None:
         q, i = self._ctrl.q, self._ctrl.i
-        now = time.perf_counter_ns()
-        spin_end, yield_from = now + self._spin_ns, now + _PURE_SPIN_NS
-        while now < spin_end:
-            if q[_WRITE_SEQ // 8] > seq or i[_CLOSED // 4]:
-                break
-            if now > yield_from:
-                os.sched_yield()  # on a busy node, let the process we wait for run
-            now = time.perf_counter_ns()
-        while True:
-            self._check_closed()
-            if q[_WRITE_SEQ // 8] > seq:
-                return
-            expected = i[_DATA_FUTEX // 4]
-            i[self._waiting_off] = 1
-            _futex.fence()
-            if q[_WRITE_SEQ // 8] > seq or i[_CLOSED // 4]:
-                i[self._waiting_off] = 0
-                continue
-            slept = self._sleep(_DATA_FUTEX, expected, deadline)
-            i[self._waiting_off] = 0
-            if not slept:
-                self._check_closed()
-                raise ChannelTimeout(f"channel {self.spec.name!r}: timed out waiting for value #{seq}")
-            if q[_WRITE_SEQ // 8] <= seq and not i[_CLOSED // 4]:  # closed beats dead
-                pid, start = i[_WRITER_PID // 4], q[_WRITER_START // 8]
-                if not _liveness.is_alive(pid, start):
-                    raise ChannelBroken(f"channel {self.spec.name!r}: the writer (pid {pid}) died")
+
+        def check_writer() -> None:
+            pid, start = i[_WRITER_PID // 4], q[_WRITER_START // 8]
+            if not _liveness.is_alive(pid, start):
+                raise ChannelBroken(f"channel {self.spec.name!r}: the writer (pid {pid}) died")
+
+        self._wait(
+            lambda: q[_WRITE_SEQ // 8] > seq,
+            _DATA_FUTEX,
+            self._waiting_off,
+            deadline,
+            lambda: ChannelTimeout(f"channel {self.spec.name!r}: timed out waiting for value #{seq}"),
+            check_writer,
+        )
 
     def close(self) -> None:
         if self._closed_locally:

@@ -56,7 +56,9 @@ import dataclasses
 import os
 import platform
 import struct
+import time
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _futex
@@ -238,13 +240,56 @@ class _Endpoint(Channel):
         if self._ctrl.i[_CLOSED // 4]:
             raise ChannelClosed(f"channel {self.spec.name!r} is closed")
 
-    def _sleep(self, futex_off: int, expected: int, deadline: float) -> bool:
-        """One bounded futex sleep; False if the deadline has passed."""
-        left = remaining(deadline)
-        if left <= 0:
-            return False
-        _futex.futex_wait(self._ctrl.addr + futex_off, expected, min(left, self._slice_s))
-        return True
+    def _wait(
+        self,
+        ready: Callable[[], bool],
+        futex_off: int,
+        waiting_index: int,
+        deadline: float,
+        on_timeout: Callable[[], Exception],
+        check_peers: Callable[[], None],
+        before_sleep: Callable[[], None] | None = None,
+    ) -> None:
+        """Until ``ready()``: the one waiting protocol of both ends.
+
+        Spin for ``spin_s`` (polling only for the first _PURE_SPIN_NS, then yielding the
+        core between polls), then sleep on the futex word at ``futex_off`` in slices of
+        at most ``liveness_interval_s``, saying so in the u32 flag ``waiting_index`` (the
+        peer changes the word and wakes us only when the flag is set; we read the word
+        before setting the flag, so that wake-up cannot be missed). Between slices,
+        ``check_peers`` raises if the process we wait for is gone; a closed channel
+        takes precedence over a dead peer (one that closed, then exited, is no fault).
+        """
+        i = self._ctrl.i
+        now = time.perf_counter_ns()
+        spin_end, yield_from = now + self._spin_ns, now + _PURE_SPIN_NS
+        while now < spin_end:
+            if ready() or i[_CLOSED // 4]:
+                break
+            if now > yield_from:
+                os.sched_yield()  # on a busy node, let the process we wait for run
+            now = time.perf_counter_ns()
+        while True:
+            self._check_closed()
+            if ready():
+                return
+            if before_sleep is not None:
+                before_sleep()
+            expected = i[futex_off // 4]
+            i[waiting_index] = 1
+            _futex.fence()
+            if ready() or i[_CLOSED // 4]:
+                i[waiting_index] = 0
+                continue
+            left = remaining(deadline)
+            if left > 0:
+                _futex.futex_wait(self._ctrl.addr + futex_off, expected, min(left, self._slice_s))
+            i[waiting_index] = 0
+            if left <= 0:
+                self._check_closed()
+                raise on_timeout()
+            if not ready() and not i[_CLOSED // 4]:
+                check_peers()
 
     def _attached(self) -> None:
         """Called by a subclass once it is open: from now on, dropping the endpoint

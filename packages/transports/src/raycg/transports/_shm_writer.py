@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 
 from . import _futex, _liveness, _serde
 from ._channel import wrong_end
@@ -17,7 +16,6 @@ from ._errors import ChannelBroken, ChannelTimeout, SlotPinned
 from ._segment import PAGE_BYTES, Segment, round_up
 from ._shm_ring import (
     _ALIGN,
-    _CLOSED,
     _CUR_FD,
     _CUR_GEN,
     _CUR_PID,
@@ -25,7 +23,6 @@ from ._shm_ring import (
     _DATA_FUTEX,
     _DESC_BYTES,
     _LINE,
-    _PURE_SPIN_NS,
     _R_PID,
     _R_PINNED,
     _R_RELEASED,
@@ -179,43 +176,27 @@ class ShmRingWriter(_Endpoint):
         return min(q[off] for off in self._released_offs)
 
     def _wait_space(self, need: int, deadline: float, raise_if_pinned: bool) -> None:
-        i = self._ctrl.i
-        now = time.perf_counter_ns()
-        spin_end, yield_from = now + self._spin_ns, now + _PURE_SPIN_NS
-        while now < spin_end:
-            if self._read_min_released() >= need or i[_CLOSED // 4]:
-                break
-            if now > yield_from:
-                os.sched_yield()  # on a busy node, let the process we wait for run
-            now = time.perf_counter_ns()
-        while True:
-            self._check_closed()
-            self._min_released = self._read_min_released()
-            if self._min_released >= need:
-                return
+        def raise_if_pinned_now() -> None:
             pinned = self._pinned_by(need)
-            if pinned is not None and raise_if_pinned:
+            if pinned is not None:
                 raise pinned
-            expected = i[_SPACE_FUTEX // 4]
-            i[_WRITER_WAITING // 4] = 1
-            _futex.fence()
-            if self._read_min_released() >= need or i[_CLOSED // 4]:
-                i[_WRITER_WAITING // 4] = 0
-                continue
-            slept = self._sleep(_SPACE_FUTEX, expected, deadline)
-            i[_WRITER_WAITING // 4] = 0
-            if not slept:
-                self._check_closed()
-                if pinned is not None:
-                    raise pinned
-                raise ChannelTimeout(
-                    f"channel {self.spec.name!r}: timed out waiting for a free slot "
-                    f"(all {self.spec.nslots} hold values not yet read by every reader)"
-                )
-            # Closed takes precedence over a dead peer: one that closed, then exited, is
-            # not a fault.
-            if self._read_min_released() < need and not i[_CLOSED // 4]:
-                self._check_readers_alive(need)
+
+        def timed_out() -> Exception:
+            return self._pinned_by(need) or ChannelTimeout(
+                f"channel {self.spec.name!r}: timed out waiting for a free slot "
+                f"(all {self.spec.nslots} hold values not yet read by every reader)"
+            )
+
+        self._wait(
+            lambda: self._read_min_released() >= need,
+            _SPACE_FUTEX,
+            _WRITER_WAITING // 4,
+            deadline,
+            timed_out,
+            lambda: self._check_readers_alive(need),
+            raise_if_pinned_now if raise_if_pinned else None,
+        )
+        self._min_released = self._read_min_released()
 
     def _pinned_by(self, need: int) -> SlotPinned | None:
         """The error to raise if a lagging reader pins a slot we need, else None."""
