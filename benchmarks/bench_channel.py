@@ -3,7 +3,8 @@
 Three transports side by side, in one run, each with its own echo child (spawned):
 
 a. raycg's ShmRing: one ring each way. The parent writes to ring "ping", the child reads
-   it and writes the value it got (for an array: the zero-copy view) to ring "pong".
+   it and writes the value it got (for an array: the zero-copy view) to ring "pong",
+   then drops it before its next read, as a task drops its arguments when it is done.
 b. the floor: the least a Python ping-pong over shared memory can do. One memfd, a u32
    sequence number each way that is also the futex word, a brief spin then a futex
    sleep, an 8-byte store for an int and one copy in per hop for an array.
@@ -73,6 +74,7 @@ def _ring_echo(ping: Any, pong: Any) -> None:
     try:
         while (value := reader.read()) is not None:
             writer.write(value)
+            del value  # drop the zero-copy view before waiting: its slot is free again
     finally:
         reader.close()
         writer.close()

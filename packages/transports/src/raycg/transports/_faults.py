@@ -73,16 +73,17 @@ def install(faults: list[Fault]) -> None:
         if not any(f.kind == "corrupt" for f in fired):
             return writer_write(self, value, timeout_s, **kw)
         # Corrupt the slot record between filling it and publishing it, so that no
-        # reader can have read it intact first.
+        # reader can have read it intact first (on the Python path, whose publish step
+        # is a method we can wrap).
         publish = self._publish
 
-        def corrupt_then_publish(write_seq: int) -> None:
-            _corrupt_record(self, write_seq - 1)
-            publish(write_seq)
+        def corrupt_then_publish() -> None:
+            _corrupt_record(self, self._core.seq)
+            publish()
 
         self._publish = corrupt_then_publish
         try:
-            writer_write(self, value, timeout_s, **kw)
+            self._write(value, timeout_s, kw.get("raise_if_pinned", False))
         finally:
             del self._publish
 

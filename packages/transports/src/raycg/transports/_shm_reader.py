@@ -2,19 +2,23 @@
 
 Values whose out-of-band buffers are large are read zero-copy: they point into the
 slot, which stays pinned (released_seq does not pass it) until they are garbage.
+
+A plain value is read by the C core in one call (_native.ReaderCore.try_read: spin,
+decode, release); anything else (waiting past the spin, a new generation, buffers,
+pins, errors) takes the Python path here. The core holds ``next``, the seq to read.
 """
 
 from __future__ import annotations
 
 import collections
-import ctypes
+import functools
 import os
 import pickle
 import struct
 import threading
 import weakref
 
-from . import _futex, _liveness, _serde
+from . import _liveness, _native, _serde
 from ._channel import wrong_end
 from ._deadline import deadline_after
 from ._errors import ChannelBroken, ChannelTimeout
@@ -24,6 +28,7 @@ from ._shm_ring import (
     _DATA_FUTEX,
     _DESC_BYTES,
     _LINE,
+    _PURE_SPIN_NS,
     _R_PID,
     _R_PINNED,
     _R_RELEASED,
@@ -31,11 +36,9 @@ from ._shm_ring import (
     _R_WAITING,
     _READERS,
     _SLOT_RECORD,
-    _SPACE_FUTEX,
     _WRITE_SEQ,
     _WRITER_PID,
     _WRITER_START,
-    _WRITER_WAITING,
     DEFAULT_LIVENESS_INTERVAL_S,
     DEFAULT_SPIN_S,
     DEFAULT_ZERO_COPY_MIN_BYTES,
@@ -54,6 +57,10 @@ def _on_unpin(reader_ref: weakref.ref[ShmRingReader], unpinned: collections.dequ
     reader = reader_ref()
     if reader is not None:
         reader._drain_unpinned()
+
+
+def _no_spin() -> None:
+    """The core already spun for this value."""
 
 
 class ShmRingReader(_Endpoint):
@@ -84,7 +91,6 @@ class ShmRingReader(_Endpoint):
         self._pinned_off = (line + _R_PINNED) // 8
         self._desc_off = _descs_offset(spec.nreaders, spec.nslots) + _DESC_BYTES * index
         q, i = self._ctrl.q, self._ctrl.i
-        self._next = q[self._released_off]
         i[(line + _R_PID) // 4] = os.getpid()
         q[(line + _R_START) // 8] = _liveness.process_start_time(os.getpid()) or 0
         self._slots_off = _slots_offset(spec.nreaders)
@@ -99,6 +105,19 @@ class ShmRingReader(_Endpoint):
         # Finalizers reach the reader through a weak reference: a value the user keeps
         # must not keep the endpoint (and its mappings) alive.
         self._self_ref = weakref.ref(self)
+        self._unpin = functools.partial(_on_unpin, self._self_ref, self._unpinned)
+        self._core = _native.ReaderCore(
+            self._ctrl.seg.mm,
+            self._ctrl.addr,
+            spec.nslots,
+            spec.nreaders,
+            index,
+            q[self._released_off],
+            self._pinned,
+            self._unpinned,
+            self._spin_ns,
+            _PURE_SPIN_NS,
+        )
         self._attached()
 
     def __repr__(self) -> str:
@@ -124,17 +143,25 @@ class ShmRingReader(_Endpoint):
     @property
     def next_seq(self) -> int:
         """The sequence number the next read returns."""
-        return self._next
+        return self._core.next
 
     def read(self, timeout_s: float | None = None, *, copy: bool = False) -> object:
         """The next value. ``copy=True`` copies its buffers out of the slot instead of
         pinning it (for values that will be kept a while, e.g. in a result buffer)."""
+        value = self._core.try_read()
+        if value is _native.MISS:
+            return self._read(timeout_s, copy)
+        return value
+
+    def _read(self, timeout_s: float | None, copy: bool) -> object:
+        """The Python path: waiting past the spin, new generations, buffers, pins."""
         q, i = self._ctrl.q, self._ctrl.i
         if self._unpinned:
             self._drain_unpinned()  # publish dropped values before we may sleep
-        seq = self._next
+        core = self._core
+        seq = core.next
         if q[_WRITE_SEQ // 8] <= seq or i[_CLOSED // 4]:
-            self._wait_data(seq, deadline_after(timeout_s))
+            self._wait_data(seq, deadline_after(timeout_s), spun=core.spun)
         rec = _SLOT_RECORD.unpack_from(
             self._ctrl.seg.view,  # type: ignore[arg-type]
             self._slots_off + _LINE * (seq % self.spec.nslots),
@@ -147,7 +174,7 @@ class ShmRingReader(_Endpoint):
             seg = self._map_generation(gen, pid, fd, slot_bytes)
         view = seg.view
         assert view is not None
-        self._next = seq + 1
+        core.next = seq + 1
         if not nbufs:
             try:
                 return pickle.loads(view[base : base + meta_len])
@@ -168,13 +195,12 @@ class ShmRingReader(_Endpoint):
                 return pickle.loads(meta, buffers=bufs)
             finally:
                 self._release_through(seq + 1)
-        # Zero copy: one read-only view of the slot, exported by a ctypes array we can
-        # watch (it keeps the mapping alive; its finalizer unpins the slot).
+        # Zero copy: one read-only view of the slot, exported by a Pin (C) that keeps
+        # the mapping alive and unpins the slot when the last view of it dies.
         with self._pin_lock:
             self._pinned[seq] = "a zero-copy value being decoded"
-        pin = (ctypes.c_char * (table[-2] + table[-1])).from_buffer(seg.mm, base)  # type: ignore[arg-type]
-        weakref.finalize(pin, _on_unpin, self._self_ref, self._unpinned, seq).atexit = False
-        pv = memoryview(pin).cast("B").toreadonly()
+        pin = _native.Pin(seg.mm, seg.address + base, table[-2] + table[-1], seq, self._unpin)
+        pv = memoryview(pin)
         bufs2 = [pv[o : o + n] for o, n in zip(table[0::2], table[1::2])]
         try:
             value = pickle.loads(meta, buffers=bufs2)
@@ -194,12 +220,8 @@ class ShmRingReader(_Endpoint):
         self._publish_released(released)
 
     def _publish_released(self, released: int) -> None:
-        q, i = self._ctrl.q, self._ctrl.i
-        q[self._released_off] = released
-        _futex.fence()
-        if i[_WRITER_WAITING // 4]:  # the word changes only for a sleeper (see _publish)
-            i[_SPACE_FUTEX // 4] = (i[_SPACE_FUTEX // 4] + 1) & 0xFFFFFFFF
-            _futex.futex_wake(self._ctrl.addr + _SPACE_FUTEX)
+        """Store released_seq; wake the writer if it sleeps (the core does both)."""
+        self._core.release(released)
 
     def _drain_unpinned(self) -> None:
         """Apply dropped pins; publish the new released_seq, pinned_seq and description.
@@ -229,7 +251,7 @@ class ShmRingReader(_Endpoint):
             self._ctrl.seg.view[self._desc_off : self._desc_off + len(desc)] = desc
             self._ctrl.q[self._pinned_off] = oldest
             self._published_pin = pin
-        released = min(oldest, self._next)
+        released = min(oldest, self._core.next)
         if released > self._ctrl.q[self._released_off]:  # released_seq only moves forward
             self._publish_released(released)
 
@@ -240,9 +262,10 @@ class ShmRingReader(_Endpoint):
         for old in [g for g in self._gens if g < gen]:
             self._gens.pop(old).close()
         self._gens[gen] = seg
+        self._core.set_data(seg.mm, seg.address, gen)
         return seg
 
-    def _wait_data(self, seq: int, deadline: float) -> None:
+    def _wait_data(self, seq: int, deadline: float, spun: bool) -> None:
         q, i = self._ctrl.q, self._ctrl.i
 
         def check_writer() -> None:
@@ -257,12 +280,14 @@ class ShmRingReader(_Endpoint):
             deadline,
             lambda: ChannelTimeout(f"channel {self.spec.name!r}: timed out waiting for value #{seq}"),
             check_writer,
+            spin=_no_spin if spun else self._core.spin,  # the core's spin: see _native.c
         )
 
     def close(self) -> None:
         if self._closed_locally:
             return
         super().close()
+        self._core.detach()
         for seg in self._gens.values():
             seg.close()
         self._gens.clear()

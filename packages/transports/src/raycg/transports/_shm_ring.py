@@ -20,6 +20,10 @@ processes write the same cache line)::
             u32 writer_pid
             u64 writer_start_time (clock ticks since boot: guards against pid reuse)
             u32 writer_waiting    1 while the writer sleeps on space_futex
+            u32 pad
+            u64 writing           seq + 1 while the writer copies value seq into its
+                                  slot (large values): a reader waiting for that value
+                                  keeps spinning instead of going to sleep
     line 2  @128  any endpoint
             u32 closed            0 -> 1 once, never back
             u32 space_futex       bumped by readers on release and on close; the writer
@@ -36,18 +40,24 @@ processes write the same cache line)::
             u64 meta_len | u64 nbufs
     desc i  @DESCS + 128i reader i-owned: UTF-8 description of the value at pinned_seq
 
-A data slot holds ``nbufs`` (u64 offset, u64 length) pairs, the pickle stream, then each
-out-of-band buffer at a 64-byte aligned offset (offsets relative to the slot).
+The data segment has ``nslots`` *regions* of ``slot_bytes``. A region holds ``nbufs``
+(u64 offset, u64 length) pairs, the pickle stream, then each out-of-band buffer at a
+64-byte aligned offset (offsets relative to the region).
 
-Protocol. Value ``seq`` goes to slot ``seq % nslots``. The writer may reuse a slot for
-``seq`` once every reader's released_seq > seq - nslots. Each field has one writer
+Protocol. Value ``seq`` is described by slot record ``seq % nslots``, and may be
+written once every reader's released_seq > seq - nslots. Its bytes go to the free
+region (one whose last value every reader released) written most recently, whose
+lines are likeliest still in cache: the record's ``offset`` says which. With one value
+in flight, a ring thus keeps reusing the same region, as a hand-written exchange
+buffer would. Each field has one writer
 (except ``closed`` and the futex words, where any change is enough to wake a waiter),
 so there are no atomic read-modify-writes; aligned 8-byte stores are single stores.
 Waiting spins for ``spin_s``, then sleeps on a futex in slices of at most
 ``liveness_interval_s``, checking between slices that the peer process is alive.
 
 Modules: this one holds the layout, the owner (:class:`ShmRing`) and what both ends
-share; the ends are in _shm_writer.py and _shm_reader.py.
+share; the ends are in _shm_writer.py and _shm_reader.py, and their per-call hot path
+(plain values, fences, futexes, zero-copy pins) is in C, in _native.c.
 """
 
 from __future__ import annotations
@@ -61,7 +71,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _futex
+from . import _futex, _native
 from ._channel import Channel
 from ._deadline import remaining
 from ._errors import ChannelBroken, ChannelClosed
@@ -72,12 +82,12 @@ if TYPE_CHECKING:
     from ._shm_writer import ShmRingWriter
 
 MAGIC = int.from_bytes(b"RAYCGRNG", "little")
-VERSION = 1
+VERSION = 2
 NONE = (1 << 64) - 1
 
 # Byte offsets of the fields drawn above.
 _NSLOTS, _NREADERS = 16, 24
-_WRITE_SEQ, _DATA_FUTEX, _WRITER_PID, _WRITER_START, _WRITER_WAITING = 64, 72, 76, 80, 88
+_WRITE_SEQ, _DATA_FUTEX, _WRITER_PID, _WRITER_START, _WRITER_WAITING, _WRITING = 64, 72, 76, 80, 88, 96
 _CLOSED, _SPACE_FUTEX = 128, 132
 _CUR_GEN, _CUR_PID, _CUR_FD, _CUR_SLOT_BYTES = 192, 200, 208, 216
 _READERS = 256
@@ -86,6 +96,25 @@ _LINE = 64
 _DESC_BYTES = 128
 _SLOT_RECORD = struct.Struct("<8Q")
 _ALIGN = 64
+
+_LAYOUT = {
+    "WRITE_SEQ": _WRITE_SEQ,
+    "DATA_FUTEX": _DATA_FUTEX,
+    "WRITER_WAITING": _WRITER_WAITING,
+    "WRITING": _WRITING,
+    "CLOSED": _CLOSED,
+    "SPACE_FUTEX": _SPACE_FUTEX,
+    "READERS": _READERS,
+    "LINE": _LINE,
+    "R_RELEASED": _R_RELEASED,
+    "R_WAITING": _R_WAITING,
+    "SLOT_WORDS": _SLOT_RECORD.size // 8,
+}
+if {k: _native.LAYOUT[k] for k in _LAYOUT} != _LAYOUT:
+    raise ImportError(
+        "raycg.transports._native was built for another ring layout than _shm_ring.py's: "
+        "reinstall raycg (pip install -e .) to rebuild it"
+    )
 
 DEFAULT_SPIN_S = float(os.environ.get("RAYCG_SPIN_US", "50")) * 1e-6
 DEFAULT_LIVENESS_INTERVAL_S = 0.1
@@ -249,26 +278,31 @@ class _Endpoint(Channel):
         on_timeout: Callable[[], Exception],
         check_peers: Callable[[], None],
         before_sleep: Callable[[], None] | None = None,
+        spin: Callable[[], object] | None = None,
     ) -> None:
         """Until ``ready()``: the one waiting protocol of both ends.
 
-        Spin for ``spin_s`` (polling only for the first _PURE_SPIN_NS, then yielding the
-        core between polls), then sleep on the futex word at ``futex_off`` in slices of
-        at most ``liveness_interval_s``, saying so in the u32 flag ``waiting_index`` (the
-        peer changes the word and wakes us only when the flag is set; we read the word
+        Spin first: ``spin()`` if given (the reader's, in C), else for ``spin_s``
+        (polling only for the first _PURE_SPIN_NS, then yielding the core between
+        polls). Then sleep on the futex word at ``futex_off`` in slices of at most
+        ``liveness_interval_s``, saying so in the u32 flag ``waiting_index`` (the peer
+        changes the word and wakes us only when the flag is set; we read the word
         before setting the flag, so that wake-up cannot be missed). Between slices,
         ``check_peers`` raises if the process we wait for is gone; a closed channel
         takes precedence over a dead peer (one that closed, then exited, is no fault).
         """
         i = self._ctrl.i
-        now = time.perf_counter_ns()
-        spin_end, yield_from = now + self._spin_ns, now + _PURE_SPIN_NS
-        while now < spin_end:
-            if ready() or i[_CLOSED // 4]:
-                break
-            if now > yield_from:
-                os.sched_yield()  # on a busy node, let the process we wait for run
+        if spin is not None:
+            spin()
+        else:
             now = time.perf_counter_ns()
+            spin_end, yield_from = now + self._spin_ns, now + _PURE_SPIN_NS
+            while now < spin_end:
+                if ready() or i[_CLOSED // 4]:
+                    break
+                if now > yield_from:
+                    os.sched_yield()  # on a busy node, let the process we wait for run
+                now = time.perf_counter_ns()
         while True:
             self._check_closed()
             if ready():

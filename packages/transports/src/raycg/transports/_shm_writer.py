@@ -2,6 +2,11 @@
 
 The writer owns the data generations it grows: it creates each one, publishes it in the
 control segment, and frees it once every reader released every value in it.
+
+A plain value (None, bool, int, float, str, bytes) that fits its region and finds room
+is written by the C core in one call (_native.WriterCore.try_write). Everything else
+takes the Python path here; the core holds the state both share (seq, the current
+generation, which region holds which value).
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import os
 import struct
 
-from . import _futex, _liveness, _serde
+from . import _liveness, _native, _serde
 from ._channel import wrong_end
 from ._deadline import deadline_after
 from ._errors import ChannelBroken, ChannelTimeout, SlotPinned
@@ -20,14 +25,12 @@ from ._shm_ring import (
     _CUR_GEN,
     _CUR_PID,
     _CUR_SLOT_BYTES,
-    _DATA_FUTEX,
     _DESC_BYTES,
     _LINE,
     _R_PID,
     _R_PINNED,
     _R_RELEASED,
     _R_START,
-    _R_WAITING,
     _READERS,
     _SLOT_RECORD,
     _SPACE_FUTEX,
@@ -35,6 +38,7 @@ from ._shm_ring import (
     _WRITER_PID,
     _WRITER_START,
     _WRITER_WAITING,
+    _WRITING,
     DEFAULT_LIVENESS_INTERVAL_S,
     DEFAULT_SPIN_S,
     NONE,
@@ -73,7 +77,6 @@ class ShmRingWriter(_Endpoint):
     ):
         super().__init__(spec, spin_s, liveness_interval_s)
         q, i = self._ctrl.q, self._ctrl.i
-        self._seq = q[_WRITE_SEQ // 8]
         i[_WRITER_PID // 4] = os.getpid()
         q[_WRITER_START // 8] = _liveness.process_start_time(os.getpid()) or 0
         self._gen = q[_CUR_GEN // 8]
@@ -82,13 +85,12 @@ class ShmRingWriter(_Endpoint):
         # Older generations still referenced by unreleased slots: (gen, last_seq, segment).
         self._old: list[tuple[int, int, Segment]] = []
         self._released_offs = [(_READERS + _LINE * r + _R_RELEASED) // 8 for r in range(spec.nreaders)]
-        self._waiting_offs = [(_READERS + _LINE * r + _R_WAITING) // 4 for r in range(spec.nreaders)]
         self._slots_off = _slots_offset(spec.nreaders)
-        self._min_released = 0
-        # Cached: the hot path's attribute chains cost more than its stores.
-        assert self._ctrl.seg.view is not None and self._data.view is not None
-        self._ctrl_view: memoryview = self._ctrl.seg.view
-        self._data_view: memoryview = self._data.view
+        self._core = _native.WriterCore(
+            self._ctrl.seg.mm, self._ctrl.addr, spec.nslots, spec.nreaders, q[_WRITE_SEQ // 8]
+        )
+        self._use_data(self._data)
+        self._note_regions_in_use(q[_WRITE_SEQ // 8])
         self._attached()
 
     def __repr__(self) -> str:
@@ -108,44 +110,47 @@ class ShmRingWriter(_Endpoint):
             ValueNotSerializable: nothing was written; the channel stays usable.
             SlotPinned: the wait timed out (or raise_if_pinned) on a pinned slot.
         """
+        if not self._core.try_write(value):
+            self._write(value, timeout_s, raise_if_pinned)
+
+    def _write(self, value: object, timeout_s: float | None, raise_if_pinned: bool) -> None:
+        """The Python path: any value, waiting for room, growing the slots."""
         meta, raws = _serde.encode(value)  # before touching the ring: errors leave it intact
         self._check_closed()
-        seq = self._seq
+        core = self._core
+        seq = core.seq
         need = seq - self.spec.nslots + 1
-        if need > self._min_released:
-            self._min_released = self._read_min_released()
-            if need > self._min_released:
-                self._wait_space(need, deadline_after(timeout_s), raise_if_pinned)
+        if need > core.min_released and need > core.min_released_now():
+            self._wait_space(need, deadline_after(timeout_s), raise_if_pinned)
         if self._old:
             self._free_old_generations()
-        slot = seq % self.spec.nslots
-        if raws:
-            offsets, total = _slot_layout(len(meta), raws)
-            if total > self._slot_bytes:
-                self._grow(total)
-            base = slot * self._slot_bytes
+        offsets, total = _slot_layout(len(meta), raws)
+        if total > self._slot_bytes:
+            self._grow(total)
+        q = self._ctrl.q
+        q[_WRITING // 8] = seq + 1  # a reader waiting for seq spins through our copy
+        try:
+            base = core.pick_region() * self._slot_bytes
             self._fill_slot(base, meta, raws, offsets)
-        else:  # the common small value: just the pickle stream
-            if len(meta) > self._slot_bytes:
-                self._grow(len(meta))
-            base = slot * self._slot_bytes
-            self._data_view[base : base + len(meta)] = meta
-        _SLOT_RECORD.pack_into(
-            self._ctrl_view,
-            self._slots_off + _LINE * slot,
-            seq,
-            self._gen,
-            self._data.pid,
-            self._data.fd,
-            self._slot_bytes,
-            base,
-            len(meta),
-            len(raws),
-        )
-        self._publish(seq + 1)
+            _SLOT_RECORD.pack_into(
+                self._ctrl.seg.view,  # type: ignore[arg-type]
+                self._slots_off + _LINE * (seq % self.spec.nslots),
+                seq,
+                self._gen,
+                self._data.pid,
+                self._data.fd,
+                self._slot_bytes,
+                base,
+                len(meta),
+                len(raws),
+            )
+        except BaseException:
+            q[_WRITING // 8] = 0
+            raise
+        self._publish()
 
     def _fill_slot(self, base: int, meta: bytes, raws: list[memoryview], offsets: list[int]) -> None:
-        """Copy the buffer table, the pickle stream and the buffers into the slot at ``base``."""
+        """Copy the buffer table, the pickle stream and the buffers into the region at ``base``."""
         view = self._data.view
         assert view is not None
         table: list[int] = []
@@ -157,23 +162,9 @@ class ShmRingWriter(_Endpoint):
         at = base + 16 * len(raws)
         view[at : at + len(meta)] = meta
 
-    def _publish(self, write_seq: int) -> None:
-        q, i = self._ctrl.q, self._ctrl.i
-        q[_WRITE_SEQ // 8] = write_seq
-        self._seq = write_seq
-        _futex.fence()
-        # The futex word changes only when a reader sleeps: a sleeper reads the word
-        # before it says it waits, so bumping it after seeing the flag cannot be missed
-        # (and a reader that never sleeps never sees this cache line dirtied for it).
-        for off in self._waiting_offs:
-            if i[off]:
-                i[_DATA_FUTEX // 4] = (i[_DATA_FUTEX // 4] + 1) & 0xFFFFFFFF
-                _futex.futex_wake(self._ctrl.addr + _DATA_FUTEX)
-                break
-
-    def _read_min_released(self) -> int:
-        q = self._ctrl.q
-        return min(q[off] for off in self._released_offs)
+    def _publish(self) -> None:
+        """Publish the value just written (a separate method: the fault hook wraps it)."""
+        self._core.publish()
 
     def _wait_space(self, need: int, deadline: float, raise_if_pinned: bool) -> None:
         def raise_if_pinned_now() -> None:
@@ -188,7 +179,7 @@ class ShmRingWriter(_Endpoint):
             )
 
         self._wait(
-            lambda: self._read_min_released() >= need,
+            lambda: self._core.min_released_now() >= need,
             _SPACE_FUTEX,
             _WRITER_WAITING // 4,
             deadline,
@@ -196,7 +187,6 @@ class ShmRingWriter(_Endpoint):
             lambda: self._check_readers_alive(need),
             raise_if_pinned_now if raise_if_pinned else None,
         )
-        self._min_released = self._read_min_released()
 
     def _pinned_by(self, need: int) -> SlotPinned | None:
         """The error to raise if a lagging reader pins a slot we need, else None."""
@@ -234,23 +224,40 @@ class ShmRingWriter(_Endpoint):
         slot_bytes = round_up(max(2 * self._slot_bytes, total), PAGE_BYTES)
         gen = self._gen + 1
         seg = Segment.create(self.spec.nslots * slot_bytes, f"{self.spec.name}.data.{gen}")
-        self._old.append((self._gen, self._seq - 1, self._data))
+        self._old.append((self._gen, self._core.seq - 1, self._data))
         self._data, self._gen, self._slot_bytes = seg, gen, slot_bytes
-        assert seg.view is not None
-        self._data_view = seg.view
+        self._use_data(seg)
         q = self._ctrl.q
         q[_CUR_GEN // 8], q[_CUR_PID // 8], q[_CUR_FD // 8] = gen, seg.pid, seg.fd
         q[_CUR_SLOT_BYTES // 8] = slot_bytes
 
+    def _note_regions_in_use(self, write_seq: int) -> None:
+        """Tell the core which regions hold the values already in the ring (a writer
+        may attach to a ring another writer wrote to)."""
+        view = self._ctrl.seg.view
+        assert view is not None
+        for slot in range(self.spec.nslots):
+            seq, gen, *_, base, _, _ = _SLOT_RECORD.unpack_from(view, self._slots_off + _LINE * slot)
+            if seq < write_seq and gen == self._gen:
+                self._core.note_region(base // self._slot_bytes, seq)
+
+    def _use_data(self, seg: Segment) -> None:
+        """Write to ``seg`` from now on. The core's fast path stays off while older
+        generations wait to be freed: only the Python path frees them."""
+        self._core.set_data(seg.mm, seg.address, self._gen, seg.pid, seg.fd, self._slot_bytes)
+        self._core.fast = not self._old
+
     def _free_old_generations(self) -> None:
-        released = self._read_min_released()
+        released = self._core.min_released_now()
         while self._old and self._old[0][1] < released:
             self._old.pop(0)[2].close()
+        self._core.fast = not self._old
 
     def close(self) -> None:
         if self._closed_locally:
             return
         super().close()
+        self._core.detach()
         # The writer owns the generations it grew: readers that mapped them keep them.
         for _, _, seg in self._old:
             seg.close()
