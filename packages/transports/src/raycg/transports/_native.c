@@ -463,7 +463,9 @@ static PyObject *ReaderCore_try_read(ReaderCore *self, PyObject *unused) {
         self->spun = 1;
         return Py_NewRef(MISS);
     }
-    if (load_u32(self->ctrl, CLOSED)) return Py_NewRef(MISS); /* the Python path raises */
+    /* The Python path raises for a closed channel. (A close from another thread while
+     * we spun without the GIL also detached us: data is then NULL.) */
+    if (load_u32(self->ctrl, CLOSED) || self->data == NULL) return Py_NewRef(MISS);
     const uint64_t *rec = (const uint64_t *)(self->ctrl + self->slots_off + LINE * (self->next % self->nslots));
     if (rec[0] != self->next || rec[1] != self->gen || rec[7] != 0) return Py_NewRef(MISS);
     PyObject *mv = PyMemoryView_FromMemory(self->data + rec[5], (Py_ssize_t)rec[6], PyBUF_READ);
