@@ -16,6 +16,7 @@ imported by the user's code (this module never imports it).
 
 from __future__ import annotations
 
+import importlib
 import io
 import marshal
 import pickle
@@ -129,9 +130,8 @@ def decode(meta: Any, buffers: list[Any]) -> object:
     slot, or copies)."""
     if meta[0] == _RAW_ARRAY:
         dtype, shape = marshal.loads(meta[1:])
-        np = sys.modules.get("numpy")
-        if np is None:  # the first array this process receives
-            import numpy as np
+        # numpy is loaded already, unless this is the first array this process receives.
+        np = sys.modules.get("numpy") or importlib.import_module("numpy")
         return np.frombuffer(buffers[0], dtype=dtype).reshape(shape)
     return pickle.loads(meta, buffers=buffers)
 
