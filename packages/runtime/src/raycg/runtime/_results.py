@@ -71,12 +71,14 @@ class Results:
             if found:
                 return value
             try:
+                if idx == self.next_read:  # ours is next: read it, zero-copy, and take it
+                    return self._read_one(deadline, "get", copy=False, take=out)
                 if idx > self.next_read and len(self._rows) >= self._max_buffered:
                     raise RayCgraphCapacityExceeded(
                         f"{self._name}: {len(self._rows)} results buffered (max_buffered_results="
                         f"{self._max_buffered}); get earlier results before execution {idx}'s"
                     )
-                self._read_one(deadline, "get", copy=idx != self.next_read)
+                self._read_one(deadline, "get", copy=True)
             finally:
                 self._end_turn()
 
@@ -154,8 +156,9 @@ class Results:
                 self._reader = None
             self._cond.notify_all()  # waiters re-check the buffer, and one may read next
 
-    def _read_one(self, deadline: float, what: str, copy: bool) -> None:
-        """Read every output ring once for execution ``next_read`` (holding the token)."""
+    def _read_one(self, deadline: float, what: str, copy: bool, take: int | None = None) -> Any:
+        """Read every output ring once for execution ``next_read`` (holding the token);
+        with ``take``, return that output of it (as taken) instead of buffering it."""
         if self._closed:
             raise self._fault(ChannelClosed(f"{self._name} is torn down"), what)
         partial = self._partial
@@ -180,6 +183,11 @@ class Results:
             self.results_read += 1
             for out in self._dropped.pop(idx, ()):
                 self._take(idx, out)
+            if take is None:
+                return None
+            value = row[take]
+            self._take(idx, take)
+            return value
 
     def _take(self, idx: int, out: int) -> None:
         row = self._rows[idx]

@@ -245,6 +245,34 @@ static PyObject *WriterCore_set_data(WriterCore *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* Whether value ``seq`` may be written now (every reader released seq - nslots). */
+static int writer_has_room(WriterCore *w) {
+    uint64_t seq = w->seq, nslots = w->nslots;
+    if (seq + 1 <= nslots || seq - nslots + 1 <= w->min_released) return 1;
+    w->min_released = writer_min_released(w);
+    return seq - nslots + 1 <= w->min_released;
+}
+
+/* Copy a pickle stream with no out-of-band buffers into a region, fill the slot record
+ * and publish. 0 (nothing written) if it does not fit: the Python path grows the slots. */
+static int writer_put_meta(WriterCore *w, PyObject *meta) {
+    uint64_t seq = w->seq, len = (uint64_t)PyBytes_GET_SIZE(meta);
+    if (len > w->slot_bytes) return 0;
+    uint64_t base = writer_pick_region(w) * w->slot_bytes;
+    memcpy(w->data + base, PyBytes_AS_STRING(meta), len);
+    uint64_t *rec = (uint64_t *)(w->ctrl + w->slots_off + LINE * (seq % w->nslots));
+    rec[0] = seq;
+    rec[1] = w->gen;
+    rec[2] = w->data_pid;
+    rec[3] = w->data_fd;
+    rec[4] = w->slot_bytes;
+    rec[5] = base;
+    rec[6] = len;
+    rec[7] = 0;
+    writer_publish(w); /* its release store orders the record before write_seq */
+    return 1;
+}
+
 /* try_write(value) -> bool: publish a plain value (None, bool, int, float, str, bytes)
  * if nothing stands in the way; False leaves the ring untouched for the Python path. */
 static PyObject *WriterCore_try_write(WriterCore *self, PyObject *value) {
@@ -253,33 +281,24 @@ static PyObject *WriterCore_try_write(WriterCore *self, PyObject *value) {
     if (!(value == Py_None || t == &PyLong_Type || t == &PyUnicode_Type || t == &PyFloat_Type ||
           t == &PyBool_Type || t == &PyBytes_Type))
         Py_RETURN_FALSE;
-    uint64_t seq = self->seq, nslots = self->nslots;
-    if (seq + 1 > nslots && seq - nslots + 1 > self->min_released) {
-        self->min_released = writer_min_released(self);
-        if (seq - nslots + 1 > self->min_released) Py_RETURN_FALSE; /* the Python path waits */
-    }
+    if (!writer_has_room(self)) Py_RETURN_FALSE; /* the Python path waits */
     PyObject *call_args[2] = {value, protocol5};
     PyObject *meta = PyObject_Vectorcall(pickle_dumps, call_args, 2, NULL);
     if (meta == NULL) return NULL;
-    uint64_t len = (uint64_t)PyBytes_GET_SIZE(meta);
-    if (len > self->slot_bytes) {
-        Py_DECREF(meta);
-        Py_RETURN_FALSE; /* the Python path grows the slots */
-    }
-    uint64_t region = writer_pick_region(self), base = region * self->slot_bytes;
-    memcpy(self->data + base, PyBytes_AS_STRING(meta), len);
+    int done = writer_put_meta(self, meta);
     Py_DECREF(meta);
-    uint64_t *rec = (uint64_t *)(self->ctrl + self->slots_off + LINE * (seq % nslots));
-    rec[0] = seq;
-    rec[1] = self->gen;
-    rec[2] = self->data_pid;
-    rec[3] = self->data_fd;
-    rec[4] = self->slot_bytes;
-    rec[5] = base;
-    rec[6] = len;
-    rec[7] = 0;
-    writer_publish(self); /* its release store orders the record before write_seq */
-    Py_RETURN_TRUE;
+    return PyBool_FromLong(done);
+}
+
+/* try_write_meta(meta: bytes) -> bool: the same for a value the Python side encoded
+ * into a pickle stream with no out-of-band buffers (tuples, dicts, small objects). */
+static PyObject *WriterCore_try_write_meta(WriterCore *self, PyObject *meta) {
+    if (!PyBytes_CheckExact(meta)) {
+        PyErr_SetString(PyExc_TypeError, "try_write_meta takes bytes");
+        return NULL;
+    }
+    if (!self->fast || load_u32(self->ctrl, CLOSED) || !writer_has_room(self)) Py_RETURN_FALSE;
+    return PyBool_FromLong(writer_put_meta(self, meta));
 }
 
 /* pick_region() -> int: for the Python path, with a fresh view of what readers released. */
@@ -335,6 +354,7 @@ static int WriterCore_set_fast(WriterCore *self, PyObject *v, void *c) {
 
 static PyMethodDef WriterCore_methods[] = {
     {"try_write", (PyCFunction)WriterCore_try_write, METH_O, NULL},
+    {"try_write_meta", (PyCFunction)WriterCore_try_write_meta, METH_O, NULL},
     {"set_data", (PyCFunction)WriterCore_set_data, METH_VARARGS, NULL},
     {"pick_region", (PyCFunction)WriterCore_pick_region, METH_NOARGS, NULL},
     {"publish", (PyCFunction)WriterCore_publish, METH_NOARGS, NULL},

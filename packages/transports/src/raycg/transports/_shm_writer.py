@@ -110,12 +110,21 @@ class ShmRingWriter(_Endpoint):
             ValueNotSerializable: nothing was written; the channel stays usable.
             SlotPinned: the wait timed out (or raise_if_pinned) on a pinned slot.
         """
-        if not self._core.try_write(value):
-            self._write(value, timeout_s, raise_if_pinned)
+        core = self._core
+        if core.try_write(value):
+            return
+        meta, raws = _serde.encode(value)  # before touching the ring: errors leave it intact
+        if raws or not core.try_write_meta(meta):
+            self._write_encoded(meta, raws, timeout_s, raise_if_pinned)
 
     def _write(self, value: object, timeout_s: float | None, raise_if_pinned: bool) -> None:
+        """The Python path for ``value`` (the fault hook writes through it)."""
+        self._write_encoded(*_serde.encode(value), timeout_s, raise_if_pinned)
+
+    def _write_encoded(
+        self, meta: bytes, raws: list[memoryview], timeout_s: float | None, raise_if_pinned: bool
+    ) -> None:
         """The Python path: any value, waiting for room, growing the slots."""
-        meta, raws = _serde.encode(value)  # before touching the ring: errors leave it intact
         self._check_closed()
         core = self._core
         seq = core.seq
