@@ -61,15 +61,22 @@ _REGISTRY_LOCK = threading.Lock()
 _TASK_LOCK = threading.Lock()
 
 
-def _project(value: Any, projections: Sequence[Projection], from_input: bool) -> Any:
-    for p in projections:
-        kind = p.WhichOneof("kind")
+# One Projection, read out of its protobuf message once at setup: (kind, index, key).
+Step = tuple[str, int, str]
+
+
+def compile_projections(projections: Sequence[Projection]) -> tuple[Step, ...]:
+    return tuple((p.WhichOneof("kind"), p.index, p.key) for p in projections)
+
+
+def _project(value: Any, steps: Sequence[Step], from_input: bool) -> Any:
+    for kind, index, key in steps:
         if from_input:  # the caller wrote (args, kwargs)
             args, kwargs = value
-            value = args[0] if kind == "first_arg" else args[p.index] if kind == "index" else kwargs[p.key]
+            value = args[0] if kind == "first_arg" else args[index] if kind == "index" else kwargs[key]
             from_input = False
         else:
-            value = value[p.index] if kind == "index" else value[p.key]
+            value = value[index] if kind == "index" else value[key]
     return value
 
 
@@ -79,11 +86,13 @@ def _make_getter(arg: ArgPlan, slots: list[int], from_input: list[bool]) -> Gett
         const = cloudpickle.loads(arg.constant)
         return lambda vals: const
     idx = slots[arg.input_slot]
-    projections = list(arg.projections)
-    if not projections:
+    steps = compile_projections(arg.projections)
+    if not steps:
         return lambda vals: vals[idx]
     is_input = from_input[arg.input_slot]
-    return lambda vals: _project(vals[idx], projections, is_input)
+    if is_input and steps == (("first_arg", 0, ""),):  # the commonest: f.bind(inp)
+        return lambda vals: vals[idx][0][0]
+    return lambda vals: _project(vals[idx], steps, is_input)
 
 
 class _Task:

@@ -25,7 +25,7 @@ from raycg.transports import ChannelError, ChannelTimeout, ShmRingWriter, SlotPi
 from raycg.transports._deadline import deadline_after, remaining
 
 from . import _errors, _monitor, _setup, _stats
-from ._executor import running_graphs, teardown_actor
+from ._executor import compile_projections, running_graphs, teardown_actor
 from ._ref import GraphFuture, GraphRef
 from ._results import Results
 
@@ -106,7 +106,9 @@ class CompiledGraph:
         for cid in out_channels:
             readers.append(open_reader(res.rings[cid].spec, _setup.driver_reader_index(plan, cid)))
             res.endpoints.append(readers[-1])
-        out_map = [(out_channels.index(o.channel_id), list(o.projections)) for o in plan.outputs]
+        out_map = [
+            (out_channels.index(o.channel_id), compile_projections(o.projections)) for o in plan.outputs
+        ]
         self._results = Results(
             self._name, readers, out_map, max(1, plan.options.max_buffered_results), self._fault
         )

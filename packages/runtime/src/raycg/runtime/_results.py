@@ -23,11 +23,10 @@ from typing import Any
 
 from ray.exceptions import RayCgraphCapacityExceeded, RayChannelTimeoutError, RayTaskError
 
-from raycg.proto import Projection
 from raycg.transports import ChannelClosed, ChannelError, ShmRingReader
 from raycg.transports._deadline import remaining
 
-from ._executor import _project
+from ._executor import Step, _project
 
 _TAKEN = object()  # a result already returned (or dropped)
 
@@ -39,7 +38,7 @@ class Results:
         self,
         name: str,
         readers: list[ShmRingReader],
-        out_map: list[tuple[int, list[Projection]]],
+        out_map: list[tuple[int, tuple[Step, ...]]],
         max_buffered: int,
         fault: Fault,
     ):
