@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 import pytest
-from transports_testing import Call, big_array
+from transports_testing import Call, Peer, big_array
 
-from raycg.transports import ChannelTimeout, ShmRing, _native
+from raycg.transports import ChannelBroken, ChannelTimeout, ShmRing, _native
 from raycg.transports._shm_ring import _LINE, _SLOT_RECORD, _WRITING
 
 pytestmark = pytest.mark.timeout(60)
@@ -116,6 +116,20 @@ def test_reader_spins_through_a_copy_but_not_forever() -> None:
             reader.read(timeout_s=0.2)
         writer.close()
         reader.close()
+
+
+def test_writer_killed_mid_copy_is_noticed() -> None:
+    # The writer said it was copying value #0 (its header line) and died: the reader
+    # spins out its bound, sleeps, and finds the writer dead.
+    with ShmRing(1, 1, name="midcopy") as ring, Peer(ring.spec, "writer") as writer:
+        reader = ring.open_reader(0)
+        reader._ctrl.q[_WRITING // 8] = 1
+        waiting = Call(reader.read).wait_blocked()
+        writer.kill()
+        with pytest.raises(ChannelBroken, match=rf"writer \(pid {writer.pid}\) died"):
+            waiting.outcome()
+        reader.close()
+        del waiting
 
 
 def test_spinning_reader_lets_other_threads_run() -> None:
