@@ -10,8 +10,11 @@ setup(
     ext_modules=[
         Extension(
             "raycg.transports._native",
-            sources=["src/raycg/transports/_native.c"],
-            extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
+            sources=[
+                f"src/raycg/transports/{name}.c" for name in ("_native", "_native_writer", "_native_reader")
+            ],
+            depends=["src/raycg/transports/_native.h"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-fvisibility=hidden"],
         )
     ]
 )

@@ -1,4 +1,4 @@
-"""The ring's C hot path (_native.c) and what it decides: which region a value goes to,
+"""The ring's C hot path (_native*.c) and what it decides: which region a value goes to,
 how long a reader spins, and the zero-copy pins.
 
 The conformance suite (test_channel.py) already runs every plain value through the C

@@ -3,9 +3,10 @@
 Values whose out-of-band buffers are large are read zero-copy: they point into the
 slot, which stays pinned (released_seq does not pass it) until they are garbage.
 
-A plain value is read by the C core in one call (_native.ReaderCore.try_read: spin,
-decode, release); anything else (waiting past the spin, a new generation, buffers,
-pins, errors) takes the Python path here. The core holds ``next``, the seq to read.
+A value without out-of-band buffers is read by the C core in one call
+(_native.ReaderCore.try_read: spin, unpickle, release); anything else (waiting past
+the spin, a new generation, buffers, pins, errors) takes the Python path here. The
+core holds ``next``, the seq to read.
 """
 
 from __future__ import annotations
@@ -280,7 +281,7 @@ class ShmRingReader(_Endpoint):
             deadline,
             lambda: ChannelTimeout(f"channel {self.spec.name!r}: timed out waiting for value #{seq}"),
             check_writer,
-            spin=_no_spin if spun else self._core.spin,  # the core's spin: see _native.c
+            spin=_no_spin if spun else self._core.spin,  # the core's spin: see _native_reader.c
         )
 
     def close(self) -> None:

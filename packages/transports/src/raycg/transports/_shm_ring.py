@@ -57,7 +57,7 @@ Waiting spins for ``spin_s``, then sleeps on a futex in slices of at most
 
 Modules: this one holds the layout, the owner (:class:`ShmRing`) and what both ends
 share; the ends are in _shm_writer.py and _shm_reader.py, and their per-call hot path
-(plain values, fences, futexes, zero-copy pins) is in C, in _native.c.
+(plain values, fences, futexes, zero-copy pins) is in C: _native.c and its parts.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ The writer owns the data generations it grows: it creates each one, publishes it
 control segment, and frees it once every reader released every value in it.
 
 A plain value (None, bool, int, float, str, bytes) that fits its region and finds room
-is written by the C core in one call (_native.WriterCore.try_write). Everything else
-takes the Python path here; the core holds the state both share (seq, the current
-generation, which region holds which value).
+is written by the C core in one call (_native.WriterCore.try_write), and any value that
+pickles without out-of-band buffers once _serde has pickled it (try_write_meta).
+Everything else takes the Python path here; the core holds the state both share (seq,
+the current generation, which region holds which value).
 """
 
 from __future__ import annotations
