@@ -19,153 +19,48 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
 import signal
-import statistics
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
-from ray.dag import InputNode, MultiOutputNode
+from ray.dag import InputNode
 
 import raycg
 
 from . import _util
+from ._graph_cases import (
+    COMPILE_ACTORS,
+    COMPILED,
+    CORE,
+    ENGINES,
+    FIRST_TIMEOUT_S,
+    IDLE_ACTORS,
+    IN_FLIGHT,
+    LATENCY_CASES,
+    QUICK,
+    RAY_CG,
+    RAYCG,
+    SMALL_VALUE,
+    Case,
+    Plan,
+    Results,
+    Sampling,
+    Seconds,
+    Shape,
+    Stage,
+    chain,
+    value_for,
+)
+from ._graph_report import entry, plot
 
 SECTION = "Compiled graphs"
 PLOT_PATH = _util.RESULTS_PATH.parent / "img" / "graph-latency.svg"
-
-CORE, RAY_CG, RAYCG = "Ray core", "Ray CG", "raycg"
-ENGINES = (CORE, RAY_CG, RAYCG)
-COMPILED = (RAY_CG, RAYCG)
-
-SMALL_VALUE = 42
-MIB = 1 << 20
-IN_FLIGHT = 8  # executions submitted and not yet read, in the throughput case
-COMPILE_ACTORS = (1, 4, 8)
-IDLE_ACTORS = 2
-# Ray CG's first execution over 8 actors takes seconds here (every actor busy-polls on
-# two cores), past its default get timeout of 10 s.
-FIRST_TIMEOUT_S = 120.0
-
-
-@ray.remote(num_cpus=0)  # no CPU reserved: a dozen actors must fit on a 2-core machine
-class Stage:
-    def echo(self, value: object) -> object:
-        return value
-
-    def pid(self) -> int:
-        return os.getpid()
-
-
-# --- what is run --------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-    """How many executions to time, in batches of how many, after how many unrecorded."""
-
-    total: int
-    batch: int
-    warmup: int
-
-
-# Many short batches: where the kernel places the caller and the actors (one CPU or two)
-# moves a small latency by up to 4x, and each batch after a sleep draws it anew.
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    small: Sampling = Sampling(2_000, 100, 20)
-    mib1: Sampling = Sampling(300, 30, 3)
-    mib8: Sampling = Sampling(90, 10, 2)
-    pipelined: Sampling = Sampling(3_000, 300, 2 * IN_FLIGHT)
-    compile_reps: int = 3
-    idle_s: float = 3.0
-
-
-QUICK = Plan(
-    small=Sampling(300, 100, 10),
-    mib1=Sampling(60, 20, 2),
-    mib8=Sampling(20, 10, 2),
-    pipelined=Sampling(600, 200, IN_FLIGHT),
-    compile_reps=1,
-    idle_s=1.0,
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    """A graph over ``n_actors`` actors: as a DAG to compile, and as plain Ray calls."""
-
-    n_actors: int
-    dag: Callable[[list[Any], Any], Any]  # (actors, input node) -> DAG
-    call: Callable[[list[Any], Any], Any]  # (actors, value) -> ref or list of refs
-    expect: Callable[[int, Any], Any]  # (n_actors, value) -> what an execution returns
-
-
-def _chain_dag(actors: list[Any], inp: Any) -> Any:
-    node = inp
-    for actor in actors:
-        node = actor.echo.bind(node)
-    return node
-
-
-def _chain_call(actors: list[Any], value: Any) -> Any:
-    ref = value
-    for actor in actors:
-        ref = actor.echo.remote(ref)  # a ref as argument: Ray passes the value along
-    return ref
-
-
-def _fan_out_dag(actors: list[Any], inp: Any) -> Any:
-    return MultiOutputNode([actor.echo.bind(inp) for actor in actors])
-
-
-def _fan_out_call(actors: list[Any], value: Any) -> list[Any]:
-    return [actor.echo.remote(value) for actor in actors]
-
-
-def chain(n: int) -> Shape:
-    return Shape(n, _chain_dag, _chain_call, lambda _, value: value)
-
-
-def fan_out(n: int) -> Shape:
-    return Shape(n, _fan_out_dag, _fan_out_call, lambda n, value: [value] * n)
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One latency measurement, and its target: raycg's p50 over Ray CG's, at most."""
-
-    label: str
-    shape: Shape
-    size: str  # "small", "mib1" or "mib8": which value, and which Sampling of the Plan
-    limit: float
-
-
-LATENCY_CASES = (
-    Case("echo", chain(1), "small", 0.25),
-    Case("chain of 2", chain(2), "small", 0.3),
-    Case("chain of 4", chain(4), "small", 0.15),
-    Case("fan-out to 4", fan_out(4), "small", 0.15),
-    Case("1 MiB numpy echo", chain(1), "mib1", 0.5),
-    Case("8 MiB numpy echo", chain(1), "mib8", 0.8),
-)
-THROUGHPUT_LIMIT = 3.0  # raycg at least 3x Ray CG's executions/s
-COMPILE_LIMIT = 0.5
-IDLE_LIMIT_PCT = 1.0
-
-
-def _value(size: str) -> Any:
-    if size == "small":
-        return SMALL_VALUE
-    return np.ones((MIB if size == "mib1" else 8 * MIB) // 8)  # float64
 
 
 # --- the engines' actors, and whose turn it is ----------------------------------------
@@ -272,7 +167,7 @@ def deployed(
 def _check(deployment: Deployment, shape: Shape) -> None:
     """One execution (it also warms the graph up), and what it returned."""
     for size in ("small", "mib1"):
-        value = _value(size)
+        value = value_for(size)
         out = ray.get(deployment.submit(value), timeout=FIRST_TIMEOUT_S)
         expected = shape.expect(shape.n_actors, value)
         same = [np.array_equal(a, b) for a, b in zip(_as_list(out), _as_list(expected))]
@@ -367,7 +262,7 @@ def measure_async_throughput(plan: Plan) -> dict[str, list[int]]:
 
 def measure_latency(case: Case, plan: Plan) -> dict[str, list[int]]:
     sampling: Sampling = getattr(plan, case.size)
-    value = _value(case.size)
+    value = value_for(case.size)
     with deployed(case.shape) as (deployments, turns):
         runners = {e: _latency_runner(d, turns, value, sampling.warmup) for e, d in deployments.items()}
         return _util.interleave(runners, sampling.total, sampling.batch)
@@ -378,9 +273,6 @@ def measure_throughput(plan: Plan) -> dict[str, list[int]]:
     with deployed(chain(2)) as (deployments, turns):
         runners = {e: _pipelined_runner(d, turns, sampling.warmup) for e, d in deployments.items()}
         return _util.interleave(runners, sampling.total, sampling.batch)
-
-
-Seconds = dict[int, dict[str, list[float]]]  # actors -> engine -> one per repetition
 
 
 def measure_compile(plan: Plan) -> tuple[Seconds, Seconds]:
@@ -415,16 +307,6 @@ def _idle_pct(deployment: Deployment, turns: Turns, idle_s: float) -> float:
     return 100 * (cpu1 - cpu0) / (t1 - t0) / len(deployment.pids)
 
 
-@dataclasses.dataclass
-class Results:
-    latency: dict[str, dict[str, list[int]]]  # case label -> engine -> ns per execution
-    throughput: dict[str, list[int]]  # engine -> ns per execution, one per batch
-    async_throughput: dict[str, list[int]]  # the same, with execute_async and await
-    compile_s: Seconds
-    first_s: Seconds  # compile and first execution
-    idle_pct: dict[str, float]  # engine -> % of a core per actor
-
-
 def run(plan: Plan) -> Results:
     ray.init(include_dashboard=False, log_to_driver=False)
     # Ray's Compiled Graph logs every teardown at INFO, dozens of lines per run.
@@ -442,185 +324,6 @@ def run(plan: Plan) -> Results:
         return Results(latency, throughput, async_throughput, compile_s, first_s, measure_idle(plan))
     finally:
         ray.shutdown()
-
-
-# --- reporting ----------------------------------------------------------------------
-
-
-def p50_us(samples: list[int]) -> float:
-    return _util.percentile_us(samples, 50)
-
-
-def executions_per_s(samples: list[int]) -> float:
-    return 1e9 / statistics.median(samples)
-
-
-def actors_label(n: int) -> str:
-    return f"{n} actor{'s' * (n > 1)}"
-
-
-def median_ms(times: list[float]) -> float:
-    """Milliseconds, the median of ``times`` (seconds); NaN for an engine with nothing to time."""
-    return 1e3 * statistics.median(times) if times else float("nan")
-
-
-class AtLeast(_util.Target):
-    """A goal that ``measured`` reach ``limit``: for throughput, where more is better."""
-
-    @property
-    def met(self) -> bool:
-        return self.measured >= self.limit
-
-
-def _row(what: str, values: dict[str, float], ratio: str) -> list[str]:
-    return [what, *(_util.format_number(values.get(e, float("nan"))) for e in ENGINES), ratio]
-
-
-def _ratio_row(what: str, values: dict[str, float], suffix: str = "") -> list[str]:
-    return _row(what, values, f"{values[RAYCG] / values[RAY_CG]:.3g}{suffix}")
-
-
-def table(results: Results) -> str:
-    rows = []
-    for case in LATENCY_CASES:
-        samples = results.latency[case.label]
-        for q in (50, 90) if case.size == "small" else (50,):
-            values = {e: _util.percentile_us(s, q) for e, s in samples.items()}
-            rows.append(_ratio_row(f"{case.label}, p{q} (µs)", values))
-    throughput = {e: executions_per_s(s) for e, s in results.throughput.items()}
-    rows.append(_ratio_row(f"chain of 2, {IN_FLIGHT} in flight (executions/s)", throughput, "x"))
-    async_tp = {e: executions_per_s(s) for e, s in results.async_throughput.items()}
-    rows.append(_ratio_row(f"the same, asyncio, {IN_FLIGHT} in flight (executions/s)", async_tp, "x"))
-    for n, times in results.compile_s.items():
-        values = {e: median_ms(t) for e, t in times.items()}
-        rows.append(_ratio_row(f"cold compile, {actors_label(n)} (ms)", values))
-    for n, times in results.first_s.items():
-        values = {e: median_ms(t) for e, t in times.items()}
-        rows.append(_ratio_row(f"cold compile + first execution, {actors_label(n)} (ms)", values))
-    idle = {e: round(pct, 3) for e, pct in results.idle_pct.items()}
-    rows.append(_row("idle graph, CPU per actor (% of a core)", idle, "-"))
-    return _util.format_table(["Measurement", *ENGINES, "raycg / Ray CG"], rows)
-
-
-def targets(results: Results) -> list[_util.Target]:
-    found: list[_util.Target] = []
-    for case in LATENCY_CASES:
-        samples = results.latency[case.label]
-        ratio = p50_us(samples[RAYCG]) / p50_us(samples[RAY_CG])
-        found.append(_util.Target(f"{case.label} p50: raycg / Ray CG", ratio, case.limit, "x"))
-    tp = results.throughput
-    multiple = executions_per_s(tp[RAYCG]) / executions_per_s(tp[RAY_CG])
-    found.append(AtLeast("throughput, chain of 2: raycg / Ray CG at least", multiple, THROUGHPUT_LIMIT, "x"))
-    atp = results.async_throughput
-    multiple = executions_per_s(atp[RAYCG]) / executions_per_s(atp[RAY_CG])
-    found.append(AtLeast("asyncio throughput: raycg / Ray CG at least", multiple, THROUGHPUT_LIMIT, "x"))
-    for n, times in results.compile_s.items():
-        ratio = median_ms(times[RAYCG]) / median_ms(times[RAY_CG])
-        goal = f"cold compile, {actors_label(n)}: raycg / Ray CG"
-        found.append(_util.Target(goal, ratio, COMPILE_LIMIT, "x"))
-    found.append(
-        _util.Target("idle graph: raycg CPU per actor", results.idle_pct[RAYCG], IDLE_LIMIT_PCT, "%")
-    )
-    return found
-
-
-def raycg_revision() -> str:
-    """The commit of the code measured, marked when the engine's sources differ from it."""
-    repo = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD")
-    if not commit:
-        return "unknown"
-    changed = git("status", "--porcelain", "--", "src", "packages", "proto")
-    return commit + (" with local changes" if changed else "")
-
-
-def entry(plan: Plan, quick: bool, loads: tuple[float, float], results: Results) -> str:
-    run_line = (
-        f"latency: {plan.small.total:,} small / {plan.mib1.total:,} 1 MiB / {plan.mib8.total:,} 8 MiB "
-        f"executions per engine and case (batches of {plan.small.batch:,} / {plan.mib1.batch:,} / "
-        f"{plan.mib8.batch:,}); throughput: {plan.pipelined.total:,} executions (batches of "
-        f"{plan.pipelined.batch:,}); compile: median of {plan.compile_reps}; idle: {plan.idle_s:g} s; "
-        f"1-minute load average before and after the run {loads[0]:.2f}, {loads[1]:.2f}"
-        + (" — quick run" if quick else "")
-    )
-    return "\n\n".join(
-        [
-            f"### {_util.now_utc()}",
-            f"Machine: {_util.describe_machine()}, Ray {ray.__version__}, raycg {raycg_revision()}.\n"
-            f"Run: {run_line}.",
-            table(results),
-            _util.format_targets(targets(results)),
-        ]
-    )
-
-
-# --- the plot -----------------------------------------------------------------------
-
-
-Groups = dict[str, dict[str, float]]  # group label -> engine -> value
-
-
-def _medians_ms(seconds: Seconds, label: Callable[[int], str]) -> Groups:
-    return {label(n): {e: median_ms(t) for e, t in times.items()} for n, times in seconds.items()}
-
-
-def _panels(results: Results) -> list[tuple[str, Groups]]:
-    """(title, groups) of each panel of the plot."""
-    latency = {c.label: {e: p50_us(s) for e, s in results.latency[c.label].items()} for c in LATENCY_CASES}
-    cold = {
-        **_medians_ms(results.compile_s, actors_label),
-        **_medians_ms(results.first_s, lambda n: f"{actors_label(n)}, + 1st run"),
-    }
-    throughput = {"throughput": {e: executions_per_s(s) for e, s in results.throughput.items()}}
-    return [
-        ("latency of one execution, p50 (µs)", latency),
-        ("cold compile, and compile + first execution (ms)", cold),
-        (f"chain of 2, {IN_FLIGHT} in flight\n(executions/s)", throughput),
-        ("idle graph, CPU per actor\n(% of a core)", {"idle": results.idle_pct}),
-    ]
-
-
-def plot(results: Results, title: str, path: Path) -> None:
-    """Per case, the three engines side by side, on log scales."""
-    import matplotlib  # only for --record: a plain run needs no plotting library
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: a smaller, greppable file
-    from matplotlib import pyplot as plt
-
-    # Latency across the top; compile, throughput and idle CPU below it.
-    fig, axes = plt.subplot_mosaic(
-        [["a", "a", "a"], ["b", "c", "d"]], figsize=(12, 8), width_ratios=[4, 1, 1]
-    )
-    for ax, (panel_title, groups) in zip(axes.values(), _panels(results)):
-        _bars(ax, panel_title, groups)
-    axes["a"].legend(loc="upper right", fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _bars(ax: Any, title: str, groups: Groups) -> None:
-    """Grouped bars, one group per case, each bar labelled with its value."""
-    width = 0.8 / len(ENGINES)
-    floor = 0.01  # a log scale cannot show 0 (an idle raycg may measure 0%)
-    for k, engine in enumerate(ENGINES):
-        xs = [g + (k - 1) * width for g in range(len(groups))]
-        values = [groups[label].get(engine, float("nan")) for label in groups]
-        bars = ax.bar(xs, [max(v, floor) for v in values], width, label=engine)
-        labels = [_util.format_number(v) for v in values]
-        ax.bar_label(bars, labels=labels, fontsize=6, rotation=90, padding=2)
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(groups)), list(groups), fontsize=8, rotation=20)
-    ax.set_title(title, fontsize=9)
-    ax.margins(y=0.25)
 
 
 def main(argv: list[str]) -> int:
