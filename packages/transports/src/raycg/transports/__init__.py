@@ -4,6 +4,15 @@ Never imports Ray. Every transport implements :class:`Channel`; errors are this
 package's own (see ``_errors``) and the runtime maps them to Ray's.
 """
 
+try:
+    from . import _native  # noqa: F401  (first, for the error below)
+except ImportError as e:  # pragma: no cover - depends on how raycg was installed
+    raise ImportError(
+        "raycg.transports._native, the shared-memory ring's C core, is not built or does not "
+        f"load ({e}). Install raycg with pip (`pip install -e .` in a clone, or `./dev setup`), "
+        "which compiles it: that needs a C compiler and Python's headers."
+    ) from e
+
 from ._channel import Channel
 from ._errors import (
     ChannelBroken,
