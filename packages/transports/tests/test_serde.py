@@ -102,6 +102,25 @@ def test_torch_tensors_round_trip() -> None:
         assert torch.equal(got, t)
 
 
+def test_plain_tensor_skips_pickle() -> None:
+    torch = pytest.importorskip("torch")
+    for t in (torch.arange(12, dtype=torch.float32).reshape(3, 4), torch.tensor(7, dtype=torch.int64)):
+        meta, raws = encode(t)
+        assert meta[:1] == b"T" and len(raws) == 1
+        got = decode(meta, [raws[0].toreadonly()])  # as a zero-copy read sees it
+        assert type(got) is torch.Tensor and got.dtype == t.dtype and got.shape == t.shape
+        assert torch.equal(got, t) and got.data_ptr() == t.data_ptr()  # no copy
+    for t in (
+        torch.ones(2, dtype=torch.bfloat16),  # numpy has no bfloat16
+        torch.ones(2, 3).t(),  # non-contiguous
+        torch.ones(2, dtype=torch.complex64).conj(),  # a conjugate view
+        torch.ones(0, 3),  # empty
+    ):
+        meta, raws = encode(t)
+        assert meta[:1] == b"\x80"  # the reducer's path
+        assert torch.equal(decode(meta, [bytearray(r) for r in raws]), t)
+
+
 def test_tensors_that_need_torch_pickling_still_round_trip() -> None:
     torch = pytest.importorskip("torch")
     t = torch.ones(3, requires_grad=True)  # autograd state: torch's own reduction

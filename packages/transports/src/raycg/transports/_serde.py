@@ -8,7 +8,9 @@ pointing straight into the slot, so a reader gets arrays without a copy.
 A plain numpy array (C-contiguous, no objects, no fields) skips pickle: its ``meta`` is
 ``b"N"`` and a marshal of ``(dtype.str, shape)``, about 0.6 µs to write and read where
 pickle's protocol 5 takes about 6 µs (numpy reduces and rebuilds through Python). A
-pickle stream starts with PROTO (0x80), so the first byte tells the two apart.
+plain CPU torch tensor (contiguous, no grad, a dtype numpy has) does the same through
+its numpy view, with ``b"T"``: about 3 µs where its reducer takes about 10. A pickle
+stream starts with PROTO (0x80), so the first byte tells them apart.
 
 torch is optional: its tensors are reduced through numpy only when torch is already
 imported by the user's code (this module never imports it).
@@ -48,7 +50,7 @@ class _Pickler(pickle.Pickler):
         if torch is not None and type(obj) is torch.Tensor and obj.device.type == "cpu":
             if obj.requires_grad or obj.is_sparse or obj.is_quantized:
                 return NotImplemented
-            t = obj.contiguous()
+            t = obj.resolve_conj().resolve_neg().contiguous()  # lazy conj/neg views: materialize
             raw = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
             return (
                 _rebuild_tensor,
@@ -93,6 +95,43 @@ def _encode_array(value: Any) -> tuple[bytes, list[memoryview]] | None:
     return b"N" + marshal.dumps((dtype.str, value.shape)), [raw]
 
 
+_RAW_TENSOR = ord("T")
+
+
+def _encode_tensor(value: Any, torch: Any) -> tuple[bytes, list[memoryview]] | None:
+    """A plain CPU tensor's header and bytes (through its numpy view), or None."""
+    if value.device.type != "cpu" or value.requires_grad or value.layout != torch.strided:
+        return None
+    if not value.is_contiguous():
+        return None
+    try:
+        array = value.numpy()  # shares the tensor's memory
+    except (TypeError, RuntimeError):  # bfloat16 and others numpy lacks; conj/neg bits
+        return None
+    encoded = _encode_array(array)
+    if encoded is None:
+        return None
+    meta, raws = encoded
+    return b"T" + meta[1:], raws
+
+
+# torch warns, once per process, that a tensor over a read-only buffer is writable; the
+# first tensor we rebuild does it under a filter (a filter per call costs ~2 µs).
+_tensor_warning_seen = False
+
+
+def _tensor_from(array: Any) -> Any:
+    global _tensor_warning_seen
+    torch = sys.modules.get("torch") or importlib.import_module("torch")
+    if _tensor_warning_seen or array.flags.writeable:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        tensor = torch.from_numpy(array)
+    _tensor_warning_seen = True
+    return tensor
+
+
 def encode(value: object) -> tuple[bytes, list[memoryview]]:
     """Serialize ``value`` into a ``meta`` stream and its out-of-band buffers, each a
     flat byte view of the object's memory (no copy).
@@ -105,6 +144,11 @@ def encode(value: object) -> tuple[bytes, list[memoryview]]:
         return pickle.dumps(value, protocol=5), []
     if _is_ndarray(value):
         encoded = _encode_array(value)
+        if encoded is not None:
+            return encoded
+    torch = sys.modules.get("torch")
+    if torch is not None and type(value) is torch.Tensor:
+        encoded = _encode_tensor(value, torch)
         if encoded is not None:
             return encoded
     buffers: list[pickle.PickleBuffer] = []
@@ -128,11 +172,13 @@ def encode(value: object) -> tuple[bytes, list[memoryview]]:
 def decode(meta: Any, buffers: list[Any]) -> object:
     """The value ``encode`` gave ``meta`` for, its buffers now ``buffers`` (views of a
     slot, or copies)."""
-    if meta[0] == _RAW_ARRAY:
+    tag = meta[0]
+    if tag in (_RAW_ARRAY, _RAW_TENSOR):
         dtype, shape = marshal.loads(meta[1:])
         # numpy is loaded already, unless this is the first array this process receives.
         np = sys.modules.get("numpy") or importlib.import_module("numpy")
-        return np.frombuffer(buffers[0], dtype=dtype).reshape(shape)
+        array = np.frombuffer(buffers[0], dtype=dtype).reshape(shape)
+        return array if tag == _RAW_ARRAY else _tensor_from(array)
     return pickle.loads(meta, buffers=buffers)
 
 
