@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -246,3 +247,11 @@ def record_run(section: str, entry: str, path: Path = RESULTS_PATH) -> None:
         block.append("")  # a blank line before the next section's heading
     lines[end:end] = block
     path.write_text("\n".join(lines).rstrip("\n") + "\n")
+
+
+def join_or_kill(proc: Any, timeout_s: float = 10.0) -> None:
+    """Join a child process; kill it if it has not exited within ``timeout_s``."""
+    proc.join(timeout_s)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
