@@ -133,16 +133,18 @@ def test_writer_killed_mid_copy_is_noticed() -> None:
 
 
 def test_spinning_reader_lets_other_threads_run() -> None:
-    # Past its first microseconds, a spinning reader releases the GIL.
+    # Past its first microseconds, a spinning reader releases the GIL: this thread runs
+    # Python code while the reader's thread is still spinning.
     with ShmRing(1, 1, name="gil") as ring:
-        writer, reader = ring.open_writer(), ring.open_reader(0)
-        writer._ctrl.q[_WRITING // 8] = 1  # make the spin last WRITING_SPIN_MAX_NS
+        writer, reader = ring.open_writer(), ring.open_reader(0, spin_s=30.0)
         spinning = Call(reader._core.spin)
-        ticks = 0
-        while spinning.is_alive():
+        time.sleep(0.1)  # let it start spinning
+        ticks, until = 0, time.monotonic() + 0.1
+        while time.monotonic() < until:
             ticks += 1  # needs the GIL
-        assert spinning.outcome() is False
-        assert ticks > 1000
+        assert spinning.is_alive() and ticks > 100
+        writer.write("done")  # ends the spin
+        assert spinning.outcome() is True
         writer.close()
         reader.close()
 
