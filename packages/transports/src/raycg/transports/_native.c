@@ -13,7 +13,8 @@
  *
  * Files:
  *   _native.h          the layout, ordered loads and stores, the futex wake-up
- *   _native.c          this: fence(), futex_wait(), futex_wake(); the module
+ *   _native.c          this: the spin both ends wait with; fence(), futex_wait(),
+ *                      futex_wake(); the module
  *   _native_writer.c   WriterCore: a writer's hot state; publishes values, picks regions
  *   _native_reader.c   ReaderCore: a reader's hot state; spins for and decodes values;
  *                      Pin: a read-only buffer over a slot that calls back when it dies
@@ -22,6 +23,40 @@
 
 PyObject *pickle_dumps, *pickle_loads, *protocol5;
 PyObject *MISS; /* try_read's "the Python path must do this read" */
+
+/* ---- the spin ------------------------------------------------------------------ */
+
+/* The first pure_ns only poll (a peer on another core answers within them); after that
+ * each poll yields the core, with the GIL released, so that on a busy node the process
+ * we wait for runs, and so do this process's other threads. A writer copying the value
+ * a reader waits for says so (WRITING == writing): the reader spins on through the copy,
+ * at most WRITING_SPIN_MAX_NS, instead of sleeping through it. */
+int spin_until(ready_fn ready, void *arg, const char *ctrl, int64_t spin_ns, int64_t pure_ns,
+               uint64_t writing) {
+    int64_t start = now_ns(), now = start;
+    while (now - start < pure_ns) {
+        for (int k = 0; k < 16; k++) {
+            if (ready(arg)) return 1;
+            CPU_RELAX();
+        }
+        now = now_ns();
+    }
+    int done = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        if (ready(arg)) {
+            done = 1;
+            break;
+        }
+        now = now_ns();
+        if (now - start >= spin_ns &&
+            (writing == 0 || load_u64(ctrl, WRITING) != writing || now - start >= WRITING_SPIN_MAX_NS))
+            break;
+        sched_yield();
+    }
+    Py_END_ALLOW_THREADS
+    return done;
+}
 
 /* ---- primitives ------------------------------------------------------------------ */
 

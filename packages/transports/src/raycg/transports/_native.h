@@ -82,4 +82,10 @@ static inline void bump_and_wake(char *ctrl, uint64_t off) {
     sys_futex_wake(word, INT32_MAX);
 }
 
+/* The one spin of both ends (_native.c): until ready(arg), for spin_ns, and beyond that
+ * while the WRITING word equals ``writing`` (0: never), bounded. */
+typedef int (*ready_fn)(void *arg);
+int spin_until(ready_fn ready, void *arg, const char *ctrl, int64_t spin_ns, int64_t pure_ns,
+               uint64_t writing);
+
 #endif

@@ -15,8 +15,17 @@ class WriterCore:
     min_released: int
     fast: bool
     def __init__(
-        self, ctrl_keep: object, ctrl_addr: int, nslots: int, nreaders: int, seq: int, /
+        self,
+        ctrl_keep: object,
+        ctrl_addr: int,
+        nslots: int,
+        nreaders: int,
+        seq: int,
+        spin_ns: int,
+        pure_ns: int,
+        /,
     ) -> None: ...
+    def spin(self, need: int, /) -> bool: ...
     def try_write(self, value: object, /) -> bool: ...
     def try_write_meta(self, meta: bytes, /) -> bool: ...
     def set_data(self, keep: object, addr: int, gen: int, pid: int, fd: int, slot_bytes: int, /) -> None: ...

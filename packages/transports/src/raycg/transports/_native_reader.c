@@ -19,35 +19,12 @@ static inline int reader_ready(ReaderCore *r) {
     return load_u64(r->ctrl, WRITE_SEQ) > r->next || load_u32(r->ctrl, CLOSED);
 }
 
-/* Spin until value ``next`` is published or the channel closes: for spin_ns, and
- * beyond that for as long as the writer is copying that very value (bounded). The
- * first pure_ns only poll; after that each poll yields the core, with the GIL
- * released so that the process's other threads run meanwhile. */
+static int reader_ready_fn(void *r) { return reader_ready((ReaderCore *)r); }
+
+/* Spin until value ``next`` is published or the channel closes; past spin_ns, keep on
+ * while the writer is copying that very value (spin_until, in _native.c). */
 static int reader_spin(ReaderCore *r) {
-    int64_t start = now_ns(), now = start;
-    while (now - start < r->pure_ns) {
-        for (int k = 0; k < 16; k++) {
-            if (reader_ready(r)) return 1;
-            CPU_RELAX();
-        }
-        now = now_ns();
-    }
-    int ready = 0;
-    uint64_t writing = r->next + 1;
-    Py_BEGIN_ALLOW_THREADS
-    for (;;) {
-        if (reader_ready(r)) {
-            ready = 1;
-            break;
-        }
-        now = now_ns();
-        if (now - start >= r->spin_ns &&
-            (load_u64(r->ctrl, WRITING) != writing || now - start >= WRITING_SPIN_MAX_NS))
-            break;
-        sched_yield(); /* on a busy node, let the process we wait for run */
-    }
-    Py_END_ALLOW_THREADS
-    return ready;
+    return spin_until(reader_ready_fn, r, r->ctrl, r->spin_ns, r->pure_ns, r->next + 1);
 }
 
 static void reader_release(ReaderCore *r, uint64_t released) {

@@ -14,6 +14,8 @@ typedef struct {
     int64_t *region_seq; /* per data region: the last seq written there, -1 for none */
     uint64_t pending_region; /* where the value being written goes (recorded at publish) */
     int fast;            /* 0: every write takes the Python path (old generations, faults) */
+    int64_t spin_ns, pure_ns;
+    uint64_t want;       /* what spin() waits for: every reader released below it */
 } WriterCore;
 
 static uint64_t writer_min_released(WriterCore *w) {
@@ -59,7 +61,9 @@ static void writer_publish(WriterCore *w) {
 static int WriterCore_init(WriterCore *self, PyObject *args, PyObject *kwds) {
     PyObject *keep;
     unsigned long long addr, nslots, nreaders, seq;
-    if (!PyArg_ParseTuple(args, "OKKKK", &keep, &addr, &nslots, &nreaders, &seq)) return -1;
+    long long spin_ns, pure_ns;
+    if (!PyArg_ParseTuple(args, "OKKKKLL", &keep, &addr, &nslots, &nreaders, &seq, &spin_ns, &pure_ns))
+        return -1;
     if (nslots < 1 || nreaders < 1) {
         PyErr_SetString(PyExc_ValueError, "nslots and nreaders must be >= 1");
         return -1;
@@ -79,6 +83,8 @@ static int WriterCore_init(WriterCore *self, PyObject *args, PyObject *kwds) {
     self->seq = seq;
     self->min_released = 0;
     self->fast = 0; /* until set_data gives us somewhere to write */
+    self->spin_ns = spin_ns;
+    self->pure_ns = pure_ns;
     return 0;
 }
 
@@ -190,6 +196,20 @@ static PyObject *WriterCore_min_released_now(WriterCore *self, PyObject *unused)
     return PyLong_FromUnsignedLongLong(self->min_released);
 }
 
+static int writer_space_ready(void *arg) {
+    WriterCore *w = arg;
+    return writer_min_released(w) >= w->want || load_u32(w->ctrl, CLOSED);
+}
+
+/* spin(need) -> bool: spin until every reader released every value below ``need`` (or
+ * the channel closes); False if it did not happen within the spin. */
+static PyObject *WriterCore_spin(WriterCore *self, PyObject *arg) {
+    unsigned long long need = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    self->want = need;
+    return PyBool_FromLong(spin_until(writer_space_ready, self, self->ctrl, self->spin_ns, self->pure_ns, 0));
+}
+
 /* detach(): drop the data mapping; every later try_write says False. */
 static PyObject *WriterCore_detach(WriterCore *self, PyObject *unused) {
     self->fast = 0;
@@ -218,6 +238,7 @@ static PyMethodDef WriterCore_methods[] = {
     {"set_data", (PyCFunction)WriterCore_set_data, METH_VARARGS, NULL},
     {"pick_region", (PyCFunction)WriterCore_pick_region, METH_NOARGS, NULL},
     {"publish", (PyCFunction)WriterCore_publish, METH_NOARGS, NULL},
+    {"spin", (PyCFunction)WriterCore_spin, METH_O, NULL},
     {"note_region", (PyCFunction)WriterCore_note_region, METH_VARARGS, NULL},
     {"min_released_now", (PyCFunction)WriterCore_min_released_now, METH_NOARGS, NULL},
     {"detach", (PyCFunction)WriterCore_detach, METH_NOARGS, NULL},

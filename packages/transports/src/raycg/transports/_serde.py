@@ -153,7 +153,7 @@ def encode(value: object) -> tuple[bytes, list[memoryview]]:
             return encoded
     buffers: list[pickle.PickleBuffer] = []
     try:
-        if "torch" not in sys.modules or _is_ndarray(value):
+        if torch is None or _is_ndarray(value):
             # Fast path: the C pickler without a reducer_override hook.
             meta = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
         else:

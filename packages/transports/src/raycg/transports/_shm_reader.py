@@ -281,7 +281,7 @@ class ShmRingReader(_Endpoint):
             deadline,
             lambda: ChannelTimeout(f"channel {self.spec.name!r}: timed out waiting for value #{seq}"),
             check_writer,
-            spin=_no_spin if spun else self._core.spin,  # the core's spin: see _native_reader.c
+            _no_spin if spun else self._core.spin,  # try_read may have spun already
         )
 
     def close(self) -> None:

@@ -66,7 +66,6 @@ import dataclasses
 import os
 import platform
 import struct
-import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -119,7 +118,7 @@ if {k: _native.LAYOUT[k] for k in _LAYOUT} != _LAYOUT:
 DEFAULT_SPIN_S = float(os.environ.get("RAYCG_SPIN_US", "50")) * 1e-6
 DEFAULT_LIVENESS_INTERVAL_S = 0.1
 # The first microseconds of a spin poll without a syscall (a peer on another core
-# answers within them); after that each poll also yields the core (sched_yield).
+# answers within them); after that each poll also yields the core (see _native.c).
 _PURE_SPIN_NS = 3_000
 # Out-of-band buffers smaller than this in total are copied out of the slot instead of
 # pinning it: a few small arrays held by user code must not stall the ring.
@@ -277,14 +276,13 @@ class _Endpoint(Channel):
         deadline: float,
         on_timeout: Callable[[], Exception],
         check_peers: Callable[[], None],
+        spin: Callable[[], object],
         before_sleep: Callable[[], None] | None = None,
-        spin: Callable[[], object] | None = None,
     ) -> None:
         """Until ``ready()``: the one waiting protocol of both ends.
 
-        Spin first: ``spin()`` if given (the reader's, in C), else for ``spin_s``
-        (polling only for the first _PURE_SPIN_NS, then yielding the core between
-        polls). Then sleep on the futex word at ``futex_off`` in slices of at most
+        ``spin()`` first (the end's C core: spin_until in _native.c, for ``spin_s``).
+        Then sleep on the futex word at ``futex_off`` in slices of at most
         ``liveness_interval_s``, saying so in the u32 flag ``waiting_index`` (the peer
         changes the word and wakes us only when the flag is set; we read the word
         before setting the flag, so that wake-up cannot be missed). Between slices,
@@ -292,17 +290,7 @@ class _Endpoint(Channel):
         takes precedence over a dead peer (one that closed, then exited, is no fault).
         """
         i = self._ctrl.i
-        if spin is not None:
-            spin()
-        else:
-            now = time.perf_counter_ns()
-            spin_end, yield_from = now + self._spin_ns, now + _PURE_SPIN_NS
-            while now < spin_end:
-                if ready() or i[_CLOSED // 4]:
-                    break
-                if now > yield_from:
-                    os.sched_yield()  # on a busy node, let the process we wait for run
-                now = time.perf_counter_ns()
+        spin()
         while True:
             self._check_closed()
             if ready():

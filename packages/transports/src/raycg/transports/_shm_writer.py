@@ -28,6 +28,7 @@ from ._shm_ring import (
     _CUR_SLOT_BYTES,
     _DESC_BYTES,
     _LINE,
+    _PURE_SPIN_NS,
     _R_PID,
     _R_PINNED,
     _R_RELEASED,
@@ -88,7 +89,13 @@ class ShmRingWriter(_Endpoint):
         self._released_offs = [(_READERS + _LINE * r + _R_RELEASED) // 8 for r in range(spec.nreaders)]
         self._slots_off = _slots_offset(spec.nreaders)
         self._core = _native.WriterCore(
-            self._ctrl.seg.mm, self._ctrl.addr, spec.nslots, spec.nreaders, q[_WRITE_SEQ // 8]
+            self._ctrl.seg.mm,
+            self._ctrl.addr,
+            spec.nslots,
+            spec.nreaders,
+            q[_WRITE_SEQ // 8],
+            self._spin_ns,
+            _PURE_SPIN_NS,
         )
         self._use_data(self._data)
         self._note_regions_in_use(q[_WRITE_SEQ // 8])
@@ -195,6 +202,7 @@ class ShmRingWriter(_Endpoint):
             deadline,
             timed_out,
             lambda: self._check_readers_alive(need),
+            lambda: self._core.spin(need),
             raise_if_pinned_now if raise_if_pinned else None,
         )
 
