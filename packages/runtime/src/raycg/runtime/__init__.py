@@ -1,7 +1,17 @@
 """raycg.runtime: sets a Plan up on the actors, drives executions, tears down.
 
-Lazy: an actor imports only the executor side (``_executor``) when it sets a graph up,
-not the caller's machinery.
+Split by who runs the code, and imports run one way (pyproject.toml's import-linter
+contracts keep it so):
+
+- the caller (driver) side: ``_graph`` (CompiledGraph) above ``_results``, ``_ref``,
+  ``_setup``, ``_monitor``, ``_stats_report`` and ``_visualize``;
+- the actor side: ``_actor`` (the entry points the caller runs through
+  ``__ray_call__``) above ``_executor`` (the loop);
+- shared by both: ``_projection``, ``_errors``, ``_stats`` (the recorders).
+
+The caller side imports the actor side's entry points (to name them in ``__ray_call__``),
+never the reverse. Lazy: an actor imports only the actor side and the shared modules
+when it sets a graph up, not the caller's machinery.
 """
 
 from __future__ import annotations

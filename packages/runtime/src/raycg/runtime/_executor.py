@@ -1,29 +1,24 @@
-"""The actor side: open a graph's channels, run its schedule on a background thread.
+"""The actor side's loop: one executor per (actor, graph), on a background thread.
 
-The runtime on the caller reaches an actor exactly twice per graph, through Ray's
-supported hook for running a function on an actor instance (``actor.__ray_call__``):
-:func:`setup_actor` at compile and :func:`teardown_actor` at teardown. Everything in
-between goes through the channels; the executor thread never touches Ray.
-
-One executor per (actor, graph). Each execution it runs the actor's tasks in the
-plan's order: a task reads the channels it needs (an input channel is read once per
-execution, by the first task that needs it, and shared with the others), calls the
-method, and writes the result to its output channels. A task whose input is a failure
-(a ``RayTaskError`` value) does not run: the failure is its result, so it reaches the
-caller's ``get`` of every output downstream of it, and only those.
+Built and started by ``_actor.setup_actor`` from the actor's part of the plan. Each
+execution it runs the actor's tasks in the plan's order: a task reads the channels it
+needs (an input channel is read once per execution, by the first task that needs it,
+and shared with the others), calls the method, and writes the result to its output
+channels. A task whose input is a failure (a ``RayTaskError`` value) does not run: the
+failure is its result, so it reaches the caller's ``get`` of every output downstream
+of it, and only those. The executor thread never touches Ray.
 """
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from ray import cloudpickle
 from ray.exceptions import RayTaskError
 
-from raycg.proto import ActorSetup, ActorStatus, ArgPlan, ChannelPlan, Projection, Transport
+from raycg.proto import ActorSetup, ArgPlan, ChannelPlan, Transport
 from raycg.transports import (
     Channel,
     ChannelBroken,
@@ -33,17 +28,13 @@ from raycg.transports import (
     ValueNotSerializable,
     open_reader,
     open_writer,
-    process_start_time,
 )
 
 from . import _errors
+from ._projection import FIRST_ARG, compile_projections, project
 from ._stats import STATS_ENABLED, Recorder, timed
 
 Getter = Callable[[list[Any]], Any]
-
-# graph id -> executor, for every graph this actor takes part in.
-_EXECUTORS: dict[str, _Executor] = {}
-_REGISTRY_LOCK = threading.Lock()
 
 # Several graphs per actor. Each graph has its own executor thread on the actor, and
 # the tasks of all of them take this lock around the user's method, so they never run
@@ -61,25 +52,6 @@ _REGISTRY_LOCK = threading.Lock()
 _TASK_LOCK = threading.Lock()
 
 
-# One Projection, read out of its protobuf message once at setup: (kind, index, key).
-Step = tuple[str, int, str]
-
-
-def compile_projections(projections: Sequence[Projection]) -> tuple[Step, ...]:
-    return tuple((p.WhichOneof("kind"), p.index, p.key) for p in projections)
-
-
-def _project(value: Any, steps: Sequence[Step], from_input: bool) -> Any:
-    for kind, index, key in steps:
-        if from_input:  # the caller wrote (args, kwargs)
-            args, kwargs = value
-            value = args[0] if kind == "first_arg" else args[index] if kind == "index" else kwargs[key]
-            from_input = False
-        else:
-            value = value[index] if kind == "index" else value[key]
-    return value
-
-
 def _make_getter(arg: ArgPlan, slots: list[int], from_input: list[bool]) -> Getter:
     """A function from this execution's channel values to one argument's value."""
     if arg.WhichOneof("source") == "constant":
@@ -90,9 +62,9 @@ def _make_getter(arg: ArgPlan, slots: list[int], from_input: list[bool]) -> Gett
     if not steps:
         return lambda vals: vals[idx]
     is_input = from_input[arg.input_slot]
-    if is_input and steps == (("first_arg", 0, ""),):  # the commonest: f.bind(inp)
+    if is_input and steps == FIRST_ARG:  # the commonest: f.bind(inp)
         return lambda vals: vals[idx][0][0]
-    return lambda vals: _project(vals[idx], steps, is_input)
+    return lambda vals: project(vals[idx], steps, is_input)
 
 
 class _Task:
@@ -121,8 +93,11 @@ class _Task:
         self.stats = Recorder()  # time in the method
 
 
-class _Executor:
-    def __init__(self, setup: ActorSetup, instance: object):
+class Executor:
+    """One graph's loop on this actor. ``on_exit`` runs on the executor thread when the
+    loop ends (its channels closed), whatever ended it."""
+
+    def __init__(self, setup: ActorSetup, instance: object, on_exit: Callable[[Executor], None]):
         self.graph_id = setup.graph_id
         self.actor_repr = setup.actor.actor_label
         self.actor_id = setup.actor.actor_id
@@ -130,6 +105,7 @@ class _Executor:
         self.inproc: list[InprocRing] = []
         self.error: str | None = None
         self.executions = 0
+        self._on_exit = on_exit
         try:
             self.tasks = self._build(setup, instance)
         except BaseException:
@@ -207,9 +183,7 @@ class _Executor:
             self.error = f"executor crashed: {type(e).__name__}: {e}"
         finally:
             self.close()
-            with _REGISTRY_LOCK:
-                if _EXECUTORS.get(self.graph_id) is self:
-                    del _EXECUTORS[self.graph_id]  # dropped without a teardown call
+            self._on_exit(self)
 
     def _run_once(self, vals: list[Any]) -> None:
         for task in self.tasks:
@@ -267,58 +241,3 @@ class _NoneResult:
 
 
 _NONE = _NoneResult()
-
-
-def setup_actor(instance: object, setup_bytes: bytes) -> bytes:
-    """Runs on the actor (through ``__ray_call__``): open the channels, start the loop."""
-    setup = ActorSetup.FromString(setup_bytes)
-    status = ActorStatus(graph_id=setup.graph_id, actor_id=setup.actor.actor_id, pid=os.getpid())
-    status.pid_start_time = process_start_time(os.getpid()) or 0
-    try:
-        ex = _Executor(setup, instance)
-    except Exception as e:
-        status.state = ActorStatus.FAILED
-        status.error.kind = "setup_failed"
-        status.error.message = f"{type(e).__name__}: {e}"
-        return status.SerializeToString()
-    with _REGISTRY_LOCK:
-        _EXECUTORS[setup.graph_id] = ex
-    ex.thread.start()
-    status.state = ActorStatus.READY
-    return status.SerializeToString()
-
-
-def teardown_actor(instance: object, graph_id: str, timeout_s: float) -> bytes:
-    """Runs on the actor: stop the graph's loop, wait for it, free its channels."""
-    with _REGISTRY_LOCK:
-        ex = _EXECUTORS.pop(graph_id, None)
-    status = ActorStatus(graph_id=graph_id, state=ActorStatus.STOPPED)
-    if ex is None:
-        return status.SerializeToString()
-    ex.close()
-    ex.thread.join(timeout_s)
-    status.executions_done = ex.executions
-    if ex.thread.is_alive():
-        status.state = ActorStatus.FAILED
-        status.error.kind = "teardown_timeout"
-        status.error.message = f"a task of the graph still runs after {timeout_s} s"
-    elif ex.error:
-        status.error.kind = "executor_error"
-        status.error.message = ex.error
-    return status.SerializeToString()
-
-
-def executor_stats(instance: object, graph_id: str) -> dict[str, Any]:
-    """Runs on the actor: this graph's recorders, summarized."""
-    with _REGISTRY_LOCK:
-        ex = _EXECUTORS.get(graph_id)
-    if ex is None:
-        return {"tasks": {}, "reads": {}}
-    tasks = {f"{i}:{t.display}": t.stats.summary() for i, t in enumerate(ex.tasks, 1)}
-    return {"tasks": tasks, "reads": {cid: rec.summary() for cid, rec in ex.read_stats.items()}}
-
-
-def running_graphs(instance: object) -> list[str]:
-    """Runs on the actor: the graphs whose executor threads are alive (for tests)."""
-    with _REGISTRY_LOCK:
-        return [g for g, ex in _EXECUTORS.items() if ex.thread.is_alive()]

@@ -21,11 +21,20 @@ from ray.core.generated.common_pb2 import ActorDiedErrorContext  # type: ignore[
 from ray.exceptions import ActorDiedError, RayChannelError
 
 from raycg.proto import Plan
-from raycg.transports import ChannelError, ChannelTimeout, ShmRingWriter, SlotPinned, open_reader, open_writer
-from raycg.transports._deadline import deadline_after, remaining
+from raycg.transports import (
+    ChannelError,
+    ChannelTimeout,
+    ShmRingWriter,
+    SlotPinned,
+    deadline_after,
+    open_reader,
+    open_writer,
+    remaining,
+)
 
-from . import _errors, _monitor, _setup, _stats
-from ._executor import compile_projections, running_graphs, teardown_actor
+from . import _errors, _monitor, _setup, _stats_report
+from ._actor import running_graphs, teardown_actor
+from ._projection import compile_projections
 from ._ref import GraphFuture, GraphRef
 from ._results import Results
 
@@ -327,7 +336,7 @@ class CompiledGraph:
 
     def stats(self) -> dict[str, Any]:
         """Per task and per channel: counts and latency percentiles (microseconds)."""
-        return _stats.collect(self)
+        return _stats_report.collect(self._plan, self._actors, self._caller_stats())
 
     def _caller_stats(self) -> dict[str, Any]:
         results = self._results

@@ -3,14 +3,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Generator
+from typing import Any, Protocol
 
 from ray import cloudpickle
 from ray.experimental.compiled_dag_ref import CompiledDAGFuture, CompiledDAGRef
 
-if TYPE_CHECKING:
-    from ._graph import CompiledGraph
+
+class ResultSource(Protocol):
+    """What a ref asks of its graph (``CompiledGraph``; a protocol, so that refs do not
+    import the graph that makes them)."""
+
+    graph_id: str
+
+    def _fetch(self, idx: int, out: int, timeout_s: float | None) -> Any: ...
+    def _fetch_async(self, idx: int, out: int) -> Coroutine[Any, Any, Any]: ...
+    def _release(self, idx: int, out: int) -> None: ...
+    def _unwrap(self, value: Any) -> Any: ...
 
 
 class _Result:
@@ -18,7 +27,7 @@ class _Result:
     them unused releases it. Ray's base classes' ``__init__`` expect Ray's
     CompiledDAG, so ours set their own fields instead."""
 
-    def __init__(self, graph: CompiledGraph, execution_index: int, output_index: int):
+    def __init__(self, graph: ResultSource, execution_index: int, output_index: int):
         self._graph = graph
         self._execution_index = execution_index
         self._output_index = output_index

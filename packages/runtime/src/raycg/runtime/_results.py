@@ -23,10 +23,9 @@ from typing import Any
 
 from ray.exceptions import RayCgraphCapacityExceeded, RayChannelTimeoutError, RayTaskError
 
-from raycg.transports import ChannelClosed, ChannelError, ShmRingReader
-from raycg.transports._deadline import remaining
+from raycg.transports import ChannelClosed, ChannelError, ShmRingReader, remaining
 
-from ._executor import Step, _project
+from ._projection import Step, project
 
 _TAKEN = object()  # a result already returned (or dropped)
 
@@ -169,7 +168,7 @@ class Results:
         except ChannelError as e:
             raise self._fault(e, what) from e
         row = [
-            v if isinstance(v, RayTaskError) or not proj else _project(v, proj, False)
+            v if isinstance(v, RayTaskError) or not proj else project(v, proj, False)
             for v, proj in ((partial[c], p) for c, p in self._out_map)
         ]
         # Empty the list in place: a traceback of an earlier failed read may still

@@ -12,7 +12,7 @@ from ray.exceptions import RayChannelError
 from raycg.proto import ActorSetup, ActorStatus, ChannelPlan, Plan, ShmEndpoint, Transport
 from raycg.transports import ShmRing
 
-from ._executor import setup_actor
+from ._actor import setup_actor
 
 SETUP_TIMEOUT_S = 60.0
 

@@ -1,10 +1,9 @@
-"""``graph.stats()``: per task and per channel, counts and latency percentiles.
+"""The recorders behind ``graph.stats()``: counts and latency percentiles.
 
 Gathered always, cheaply: each executor keeps, per task and per channel it reads, a
 count and the last ``SAMPLES`` durations in a preallocated ring (two
-``perf_counter_ns`` calls and a list store per event, no allocation). ``stats()``
-fetches them from every actor with one Ray call each (only when asked) and computes
-the percentiles here.
+``perf_counter_ns`` calls and a list store per event, no allocation). The caller
+fetches their summaries from every actor only when asked (``_stats_report``).
 """
 
 from __future__ import annotations
@@ -12,12 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-import ray
-
-if TYPE_CHECKING:
-    from ._graph import CompiledGraph
+from typing import Any
 
 SAMPLES = 1024
 now_ns = time.perf_counter_ns
@@ -66,36 +60,3 @@ def timed(fn: Callable[..., Any], rec: Recorder) -> Callable[..., Any]:
             rec.add(now_ns() - t0)
 
     return call
-
-
-def collect(graph: CompiledGraph) -> dict[str, Any]:
-    """Every actor's recorders and the caller's counts, as one dict."""
-    from ._executor import executor_stats
-
-    plan = graph.plan
-    labels = {c.channel_id: c.label or c.channel_id for c in plan.channels}
-    transports = {c.channel_id: c.transport for c in plan.channels}
-    out: dict[str, Any] = {"graph_id": graph.graph_id, "tasks": {}, "channels": {}}
-    refs: list[tuple[Any, Any]] = [
-        (ap, graph._actors[ap.actor_id].__ray_call__.remote(executor_stats, graph.graph_id))
-        for ap in plan.actors
-    ]
-    for ap, ref in refs:
-        try:
-            got: dict[str, Any] = ray.get(ref, timeout=10)
-        except Exception as e:  # a dead actor: say so, keep the rest
-            out["tasks"][ap.actor_label] = {"error": f"{type(e).__name__}: {e}"}
-            continue
-        for name, rec in got["tasks"].items():
-            out["tasks"][f"{ap.actor_label}.{name}"] = rec
-        for cid, rec in got["reads"].items():
-            entry = {"transport": _transport_name(transports[cid]), "read_wait": rec}
-            out["channels"][f"{labels[cid]} (read by {ap.actor_label})"] = entry
-    out["caller"] = graph._caller_stats()
-    return out
-
-
-def _transport_name(transport: int) -> str:
-    from raycg.proto import Transport
-
-    return str(Transport.Name(transport)).lower()

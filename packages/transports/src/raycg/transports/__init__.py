@@ -14,6 +14,7 @@ except ImportError as e:  # pragma: no cover - depends on how raycg was installe
     ) from e
 
 from ._channel import Channel
+from ._deadline import deadline_after, remaining
 from ._errors import (
     ChannelBroken,
     ChannelClosed,
@@ -44,10 +45,12 @@ __all__ = [
     "ShmRingWriter",
     "SlotPinned",
     "ValueNotSerializable",
+    "deadline_after",
     "is_process_alive",
     "open_reader",
     "open_writer",
     "process_start_time",
+    "remaining",
 ]
 
 
