@@ -85,10 +85,17 @@ static PyObject *ReaderCore_try_read(ReaderCore *self, PyObject *unused) {
     if (load_u32(self->ctrl, CLOSED) || self->data == NULL) return Py_NewRef(MISS);
     const uint64_t *rec = (const uint64_t *)(self->ctrl + self->slots_off + LINE * (self->next % self->nslots));
     if (rec[0] != self->next || rec[1] != self->gen || rec[7] != 0) return Py_NewRef(MISS);
+    /* The memoryview below has no exporter, and unpickling runs Python code (__reduce__
+     * hooks, finalizers at any allocation) that may release the GIL: a close() from
+     * another thread would then detach us and unmap the region under the unpickler.
+     * Our own reference to the mapping's exporter keeps it mapped until we are done;
+     * nothing between the NULL check above and this line can run Python code. */
+    PyObject *keep = Py_NewRef(self->data_keep);
     PyObject *mv = PyMemoryView_FromMemory(self->data + rec[5], (Py_ssize_t)rec[6], PyBUF_READ);
+    PyObject *value = mv == NULL ? NULL : PyObject_CallOneArg(pickle_loads, mv);
+    Py_XDECREF(mv);
+    Py_DECREF(keep); /* after mv: the memoryview must never outlive the mapping */
     if (mv == NULL) return NULL;
-    PyObject *value = PyObject_CallOneArg(pickle_loads, mv);
-    Py_DECREF(mv);
     /* A value that fails to unpickle is consumed all the same. */
     self->next += 1;
     reader_release(self, self->next);

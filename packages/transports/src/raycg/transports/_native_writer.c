@@ -151,7 +151,10 @@ static PyObject *WriterCore_try_write(WriterCore *self, PyObject *value) {
     PyObject *call_args[2] = {value, protocol5};
     PyObject *meta = PyObject_Vectorcall(pickle_dumps, call_args, 2, NULL);
     if (meta == NULL) return NULL;
-    int done = writer_put_meta(self, meta);
+    /* Pickling allocates, and an allocation may run finalizers that release the GIL: a
+     * close() from another thread may have detached us (data unmapped) meanwhile.
+     * From here to the publish nothing runs Python code. */
+    int done = self->fast && self->data != NULL && writer_put_meta(self, meta);
     Py_DECREF(meta);
     return PyBool_FromLong(done);
 }

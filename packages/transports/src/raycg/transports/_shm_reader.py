@@ -22,7 +22,7 @@ import weakref
 from . import _liveness, _native, _serde
 from ._channel import wrong_end
 from ._deadline import deadline_after
-from ._errors import ChannelBroken, ChannelTimeout
+from ._errors import ChannelBroken, ChannelClosed, ChannelTimeout
 from ._segment import Segment
 from ._shm_ring import (
     _CLOSED,
@@ -173,21 +173,32 @@ class ShmRingReader(_Endpoint):
         seg = self._gens.get(gen)
         if seg is None:
             seg = self._map_generation(gen, pid, fd, slot_bytes)
-        view = seg.view
-        assert view is not None
+        # Our own references: a close() on another thread (whenever decoding lets the
+        # GIL go) drops the segment's, and the mapping must outlive every view we make.
+        # A slice of ``view`` holds the exporter ``mm`` too, and so does a Pin.
+        mm, view = seg.mm, seg.view
+        if mm is None or view is None:
+            raise ChannelClosed(f"channel {self.spec.name!r} is closed")
         core.next = seq + 1
         if not nbufs:
             try:
                 return pickle.loads(view[base : base + meta_len])
             finally:  # a value that fails to unpickle is consumed all the same
                 self._release_through(seq + 1)
-        return self._read_with_buffers(seq, seg, base, meta_len, nbufs, copy)
+        return self._read_with_buffers(seq, (mm, seg.address, view), base, meta_len, nbufs, copy)
 
     def _read_with_buffers(
-        self, seq: int, seg: Segment, base: int, meta_len: int, nbufs: int, copy: bool = False
+        self,
+        seq: int,
+        mapping: tuple[object, int, memoryview],
+        base: int,
+        meta_len: int,
+        nbufs: int,
+        copy: bool,
     ) -> object:
-        view = seg.view
-        assert view is not None
+        """Decode value ``seq``, whose region starts at ``base`` in ``mapping``: the
+        mapping's exporter (held for as long as we make views of it), address and view."""
+        mm, address, view = mapping
         table = struct.unpack_from(f"<{2 * nbufs}Q", view, base)
         meta = view[base + 16 * nbufs : base + 16 * nbufs + meta_len]
         if copy or sum(table[1::2]) < self._zero_copy_min:
@@ -200,7 +211,7 @@ class ShmRingReader(_Endpoint):
         # the mapping alive and unpins the slot when the last view of it dies.
         with self._pin_lock:
             self._pinned[seq] = "a zero-copy value being decoded"
-        pin = _native.Pin(seg.mm, seg.address + base, table[-2] + table[-1], seq, self._unpin)
+        pin = _native.Pin(mm, address + base, table[-2] + table[-1], seq, self._unpin)
         pv = memoryview(pin)
         bufs2 = [pv[o : o + n] for o, n in zip(table[0::2], table[1::2])]
         try:

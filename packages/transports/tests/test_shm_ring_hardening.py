@@ -1,0 +1,94 @@
+"""The shared-memory ring against what a careless neighbour can do to it: a close from
+another thread in the middle of a read, a corrupt slot record, readers bumping a futex
+word together, a value far larger than the rest.
+
+A defect here is a segfault, so each scenario that could crash runs in a child process
+of its own, and a crash fails the test instead of killing the test run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from transports_testing import SPAWN, big_array, digest
+
+from raycg.transports import ChannelClosed, ShmRing, ShmRingSpec, open_reader
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run_child(target: Any, *args: Any) -> tuple[int | None, object]:
+    """Run ``target(conn, *args)`` in a spawned child; its exit code and what it sent."""
+    conn, child_conn = SPAWN.Pipe()
+    proc = SPAWN.Process(target=target, args=(child_conn, *args), daemon=True)
+    proc.start()
+    child_conn.close()
+    try:
+        got = conn.recv() if conn.poll(50) else "the child sent nothing within 50 s"
+    except EOFError:
+        got = "the child died without answering"
+    proc.join(30)
+    if proc.exitcode is None:
+        proc.kill()
+        proc.join()
+    conn.close()
+    code = proc.exitcode
+    proc.close()
+    return code, got
+
+
+# --- a close while the C core unpickles (issue 9, defect 2) -------------------------
+
+_REBUILDING = threading.Event()
+
+
+def _rebuild_slowly() -> str:
+    # Runs inside pickle.loads on the reader's thread: it lets the GIL go (sleeps) so
+    # that the main thread can close the reader while the unpickler is mid-stream.
+    _REBUILDING.set()
+    time.sleep(0.3)
+    return "rebuilt"
+
+
+class SlowToRebuild:
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _rebuild_slowly, ()
+
+
+def _read_while_closed(conn: Any, spec: ShmRingSpec) -> None:
+    reader = open_reader(spec, 0)
+    assert reader.read() == "warm-up"  # maps the generation: the next read is the C core's
+    outcome: list[object] = []
+
+    def read() -> None:
+        try:
+            outcome.append(digest(reader.read(10)))
+        except ChannelClosed:
+            outcome.append("ChannelClosed")
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    _REBUILDING.wait(10)
+    reader.close()  # unmaps what the reader maps, while the unpickler still reads it
+    thread.join(10)
+    conn.send(outcome)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    ["tail" * 4096, big_array(1 << 17, 7)],
+    ids=["c-core-plain-pickle", "python-zero-copy"],
+)
+def test_close_during_an_unpickle_on_another_thread_does_not_unmap_it(tail: object) -> None:
+    with ShmRing(2, 1, name="closeunpickle") as ring:
+        writer = ring.open_writer()
+        writer.write("warm-up")
+        # The rebuilt object comes first; the unpickler reads the rest after the sleep.
+        writer.write((SlowToRebuild(), tail))
+        code, outcome = run_child(_read_while_closed, ring.spec)
+        writer.close()
+    assert code == 0, f"the reader's process died (exit code {code})"
+    assert outcome in ([digest(("rebuilt", tail))], ["ChannelClosed"])
