@@ -10,7 +10,6 @@ import pytest
 from runtime_plans import add_channel
 
 from raycg.proto import Plan, Transport
-from raycg.runtime import _visualize
 from raycg.runtime._visualize import to_ascii, to_dot, visualize
 
 pytestmark = pytest.mark.timeout(30)
@@ -186,31 +185,61 @@ def test_labels_are_quoted_for_dot() -> None:
     assert 'label="Odd\\"name\\\\"' in to_dot(plan)
 
 
-@pytest.mark.parametrize("fmt", ["dot", "ascii"])
-def test_text_formats_are_written_without_graphviz(
-    fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_ascii_returns_the_drawing_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(shutil, "which", lambda _name: None)
-    path = visualize(diamond_plan(), filename=str(tmp_path / "g"), format=fmt)
-    assert path == str(tmp_path / f"g.{fmt}")
-    expected = to_dot(diamond_plan()) if fmt == "dot" else to_ascii(diamond_plan())
-    assert Path(path).read_text() == expected
+    monkeypatch.chdir(tmp_path)
+    assert visualize(diamond_plan(), format="ascii") == to_ascii(diamond_plan())
+    assert list(tmp_path.iterdir()) == []
     assert capsys.readouterr().out == ""
 
 
-def test_view_prints_a_text_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    visualize(chain_plan(), filename=tmp_path / "g", format="ascii", view=True)
-    assert capsys.readouterr().out == to_ascii(chain_plan())
+def test_ascii_view_prints_the_drawing(capsys: pytest.CaptureFixture[str]) -> None:
+    text = visualize(chain_plan(), format="ascii", view=True)
+    assert text == to_ascii(chain_plan())
+    assert capsys.readouterr().out == text
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="needs Graphviz's dot binary")
+def test_dot_returns_the_source_and_writes_it_without_graphviz(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    source = visualize(diamond_plan(), filename=str(tmp_path / "g"), format="dot")
+    assert source == to_dot(diamond_plan())
+    # Ray's files: the source as `filename`, the drawing as `filename.format`.
+    assert (tmp_path / "g.dot").read_text() == source
+    assert (tmp_path / "g").read_text() == source
+
+
+def test_channel_details_name_each_channel(tmp_path: Path) -> None:
+    plan = chain_plan()
+    plan.channels[1].label = "a.echo -> b.echo"
+    edges = _edges(to_dot(plan, channel_details=True))
+    assert ("a0_t1", "a1_t1", "shm x10 1MB\\nch1: a.echo -> b.echo, 1 reader") in edges
+    assert ("a1_t1", "output", "shm x10 1MB\\nch2, 1 reader\\n[0]") in edges
+    source = visualize(plan, filename=tmp_path / "g", format="dot", channel_details=True)
+    assert source == to_dot(plan, channel_details=True)
+
+
+def test_channel_details_with_ascii_is_refused_in_rays_words() -> None:
+    with pytest.raises(
+        ValueError, match=r"^Parameters 'channel_details' are not compatible with 'ascii' format\."
+    ):
+        visualize(chain_plan(), format="ascii", channel_details=True)
+
+
+@pytest.mark.skipif(
+    shutil.which("dot") is None, reason="needs Graphviz's dot binary (./dev setup installs it)"
+)
 @pytest.mark.parametrize(("fmt", "magic"), [("png", b"\x89PNG"), ("svg", b"<?xml"), ("pdf", b"%PDF")])
 def test_images_are_rendered_by_dot(fmt: str, magic: bytes, tmp_path: Path) -> None:
     plan = diamond_plan()
     plan.actors[0].actor_label = 'Odd"name\\<b>'
-    path = visualize(plan, filename=str(tmp_path / "g"), format=fmt)
-    assert path == str(tmp_path / f"g.{fmt}")
-    assert Path(path).read_bytes().startswith(magic)
+    source = visualize(plan, filename=str(tmp_path / "g"), format=fmt)
+    assert source == to_dot(plan)
+    assert (tmp_path / f"g.{fmt}").read_bytes().startswith(magic)
+    assert (tmp_path / "g").read_text() == source
 
 
 def test_an_image_without_dot_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,6 +250,8 @@ def test_an_image_without_dot_says_what_to_do(tmp_path: Path, monkeypatch: pytes
 
 
 def test_an_unknown_format_names_the_allowed_ones(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"'jpeg'.*'dot', 'ascii', 'png', 'svg', 'pdf'"):
-        visualize(chain_plan(), filename=str(tmp_path / "g"), format="jpeg")
-    assert _visualize.TEXT_FORMATS + _visualize.IMAGE_FORMATS == ("dot", "ascii", "png", "svg", "pdf")
+    with pytest.raises(
+        ValueError, match=r"'bmpx'.*'ascii', 'dot', 'png', 'svg', 'pdf', 'jpg', 'jpeg', 'gif'"
+    ):
+        visualize(chain_plan(), filename=str(tmp_path / "g"), format="bmpx")
+    assert list(tmp_path.iterdir()) == []

@@ -327,12 +327,19 @@ class CompiledGraph:
 
     # -- observability ----------------------------------------------------------------
 
-    def visualize(self, filename: str = "compiled_graph", format: str = "png", view: bool = False) -> str:
-        """Draw the graph: actors, tasks, channels and their transports. ``format`` is
-        "png" (needs Graphviz's ``dot``), "dot" or "ascii". Returns the file written."""
+    def visualize(
+        self,
+        filename: str = "compiled_graph",
+        format: str = "png",
+        view: bool = False,
+        channel_details: bool = False,
+    ) -> str:
+        """Draw the graph (actors, tasks, channels, transports), with Ray's signature and
+        return values: "ascii" returns the drawing; other formats write ``filename`` (the
+        DOT source) and ``filename.<format>``, and return the DOT source."""
         from ._visualize import visualize
 
-        return visualize(self._plan, filename=filename, format=format, view=view)
+        return visualize(self._plan, filename, format, view, channel_details)
 
     def stats(self) -> dict[str, Any]:
         """Per task and per channel: counts and latency percentiles (microseconds)."""

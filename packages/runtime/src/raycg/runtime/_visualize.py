@@ -18,8 +18,9 @@ from pathlib import Path
 
 from raycg.proto import ActorPlan, ChannelPlan, Plan, TaskPlan, Transport
 
-TEXT_FORMATS = ("dot", "ascii")
-IMAGE_FORMATS = ("png", "svg", "pdf")
+TEXT_FORMATS = ("ascii", "dot")
+# What Graphviz renders that a viewer opens; Ray passes any of graphviz.FORMATS through.
+IMAGE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "gif")
 
 # Edge style per transport: what crosses processes is drawn solid, what stays in one is dashed.
 _EDGE_STYLE = {
@@ -51,10 +52,12 @@ class _Task:
 _INPUT = _End("input", "input")
 
 
-def to_dot(plan: Plan) -> str:
+def to_dot(plan: Plan, channel_details: bool = False) -> str:
     """Graphviz DOT source of ``plan``: one cluster per actor, one edge per (channel, reader).
 
-    Needs neither the ``graphviz`` package nor the ``dot`` binary.
+    Each edge is labelled with its transport (and ring size); ``channel_details`` adds a
+    line with the channel's id, what flows in it and how many read it. Needs neither the
+    ``graphviz`` package nor the ``dot`` binary.
     """
     tasks = _tasks(plan)
     outputs = "driver outputs" if plan.multi_output else "driver output"
@@ -72,7 +75,10 @@ def to_dot(plan: Plan) -> str:
         style = _EDGE_STYLE.get(channel.transport, "style=dotted")
         for src in _writers(channel, tasks):
             for dst in _readers(plan, channel, tasks):
-                label = _q(*_edge_label(channel, dst, with_size=True))
+                parts = _edge_label(channel, dst, with_size=True)
+                if channel_details:
+                    parts.insert(1, _channel_detail(channel))
+                label = _q(*parts)
                 lines.append(f"  {src.node_id} -> {dst.node_id} [label={label}, {style}]")
     return "\n".join([*lines, "}", ""])
 
@@ -99,35 +105,57 @@ def to_ascii(plan: Plan) -> str:
 
 
 def visualize(
-    plan: Plan, filename: str | os.PathLike[str] = "compiled_graph", format: str = "png", view: bool = False
+    plan: Plan,
+    filename: str | os.PathLike[str] = "compiled_graph",
+    format: str = "png",
+    view: bool = False,
+    channel_details: bool = False,
 ) -> str:
-    """Write a picture of ``plan`` to ``filename + "." + format`` and return that path.
+    """Draw ``plan`` as Ray's ``CompiledDAG.visualize`` does, and return the drawing.
+
+    ``format="ascii"`` writes nothing and returns the text drawing (printed too with
+    ``view``). Any other format returns the DOT source, saved to ``filename``, with the
+    rendered drawing in ``filename + "." + format``: ``"dot"`` is the source itself (no
+    Graphviz needed), an image format is rendered by Graphviz's ``dot`` binary, and
+    ``view`` opens it in the system's viewer. These are Ray's files and return values.
 
     Args:
         plan: the compiled graph's Plan.
-        filename: the path to write, without the extension.
-        format: "dot" or "ascii" (text files, no Graphviz needed), or "png", "svg" or
-            "pdf" (rendered by Graphviz's ``dot`` binary).
-        view: open the image in the system's viewer; for a text format, print the text.
+        filename: the path to write, without the extension (ignored for "ascii").
+        format: "ascii", "dot", or an image format: "png", "svg", "pdf", "jpg", "gif".
+        view: for "ascii", print the drawing; else open the written file.
+        channel_details: add each channel's id, what flows in it and its readers to the
+            edge labels (not with "ascii", as in Ray).
 
     Raises:
-        ValueError: ``format`` is not one of the above.
+        ValueError: ``format`` is not one of the above, or ``channel_details`` with "ascii".
         RuntimeError: an image format was asked for and ``dot`` is missing or failed.
     """
     if format not in TEXT_FORMATS + IMAGE_FORMATS:
         allowed = ", ".join(repr(f) for f in TEXT_FORMATS + IMAGE_FORMATS)
         raise ValueError(f"visualize: unknown format {format!r}; use one of {allowed}")
-    path = f"{os.fspath(filename)}.{format}"
-    text = to_ascii(plan) if format == "ascii" else to_dot(plan)
-    if format in TEXT_FORMATS:
-        Path(path).write_text(text, encoding="utf-8")
+    if format == "ascii":
+        if channel_details:
+            raise ValueError(
+                "Parameters 'channel_details' are not compatible with 'ascii' format. "
+                "visualize: the ascii drawing already names each channel's transport; use "
+                "format='dot' or an image format for channel details"
+            )
+        text = to_ascii(plan)
         if view:
             print(text, end="")
-        return path
-    _render(text, format, path)
+        return text
+    source = to_dot(plan, channel_details=channel_details)
+    path = f"{os.fspath(filename)}.{format}"
+    if format == "dot":
+        Path(path).write_text(source, encoding="utf-8")
+    else:
+        _render(source, format, path)
+    # The source beside the drawing, as graphviz's render() (which Ray calls) leaves it.
+    Path(filename).write_text(source, encoding="utf-8")
     if view:
         webbrowser.open(Path(path).resolve().as_uri())
-    return path
+    return source
 
 
 def _render(source: str, format: str, path: str) -> None:
@@ -213,6 +241,12 @@ def _edge_label(channel: ChannelPlan, dst: _End | None, with_size: bool) -> list
     if channel.transport != Transport.INPROC:  # in-process hands over the object itself
         label += f" x{channel.num_slots}" + (f" {_size(channel.slot_size_bytes)}" if with_size else "")
     return [label] if dst is None or dst.output_index is None else [label, f"[{dst.output_index}]"]
+
+
+def _channel_detail(channel: ChannelPlan) -> str:
+    """``"ch1: a.echo -> b.echo, 2 readers"``: which channel, what flows, who reads it."""
+    what = f": {channel.label}" if channel.label not in ("", channel.channel_id) else ""
+    return f"{channel.channel_id}{what}, {_count(len(channel.readers), 'reader')}"
 
 
 def _size(size_bytes: int) -> str:
