@@ -149,3 +149,34 @@ def test_execute_async_needs_enable_asyncio(actors: list) -> None:
             asyncio.run(graph.execute_async(1))
     finally:
         graph.teardown()
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_more_coroutines_than_in_flight_never_stall_the_loop(actors: list, loop_kind: str) -> None:
+    # docs/asyncio.md's gather: more coroutines than max_inflight_executions. Those past
+    # the limit wait for room on worker threads, one of which holds the submit lock
+    # while it waits for the oldest execution; the loop must never wait on that lock.
+    method_s = 0.4
+    with InputNode() as inp:
+        graph = raycg.compile(
+            actors[0].sleep_then_echo.bind(inp, method_s), enable_asyncio=True, max_inflight_executions=2
+        )
+
+    async def one(i: int) -> object:
+        return await (await graph.execute_async(i))
+
+    async def main() -> tuple[list, Ticker]:
+        ticker = Ticker()
+        task = asyncio.create_task(ticker.run())
+        values = await asyncio.gather(*(one(i) for i in range(8)))
+        ticker.stop()
+        await task
+        return values, ticker
+
+    try:
+        values, ticker = run_in(loop_kind, main)
+    finally:
+        graph.teardown()
+    assert values == list(range(8))
+    # A loop blocked on the lock misses ticks for most of an execution.
+    assert ticker.longest_gap_s < method_s / 2, (ticker.longest_gap_s, ticker.ticks)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import os
 import threading
 import weakref
@@ -146,7 +147,9 @@ class CompiledGraph:
         if not self._asyncio:
             raise RuntimeError(f"{self._name} was compiled without enable_asyncio=True")
         try:
-            idx = self._submit(args, kwargs, 0.0)  # fast path: room right now
+            # Fast path: room right now. Never wait for the lock here: a worker thread
+            # may hold it while it waits for the oldest execution to finish.
+            idx = self._submit(args, kwargs, 0.0, lock_timeout_s=0.0)
         except ray.exceptions.RayChannelTimeoutError:
             loop = asyncio.get_running_loop()
             idx = await loop.run_in_executor(
@@ -154,23 +157,38 @@ class CompiledGraph:
             )
         return self._refs(idx, GraphFuture)
 
-    def _submit(self, args: tuple, kwargs: dict, timeout_s: float | None) -> int:
-        with self._submit_lock:
+    def _submit(
+        self, args: tuple, kwargs: dict, timeout_s: float | None, lock_timeout_s: float | None = None
+    ) -> int:
+        """Write one execution's input; ``timeout_s`` bounds the whole call, waiting for
+        the lock included (``lock_timeout_s``, if given, bounds that wait alone)."""
+        deadline = deadline_after(timeout_s)
+        wait_s = remaining(deadline) if lock_timeout_s is None else lock_timeout_s
+        if not self._submit_lock.acquire(timeout=-1 if math.isinf(wait_s) else wait_s):
             self._check_usable()
-            deadline = deadline_after(timeout_s)
-            results = self._results
-            assert results is not None
-            while self._next_exec - results.next_read >= self._max_inflight:
-                results.drain_one(deadline, self._next_exec, self._max_inflight)
-            try:
-                self._input.write((args, kwargs), remaining(deadline))
-            except ChannelError as e:
-                if isinstance(e, TypeError):  # ValueNotSerializable: nothing was sent
-                    raise
-                raise self._fault(e, "execute") from e
-            idx = self._next_exec
-            self._next_exec += 1
-            return idx
+            raise ray.exceptions.RayChannelTimeoutError(
+                f"execute on {self._name}: another thread is submitting (it waits for room)"
+            )
+        try:
+            return self._submit_locked(args, kwargs, deadline)
+        finally:
+            self._submit_lock.release()
+
+    def _submit_locked(self, args: tuple, kwargs: dict, deadline: float) -> int:
+        self._check_usable()
+        results = self._results
+        assert results is not None
+        while self._next_exec - results.next_read >= self._max_inflight:
+            results.drain_one(deadline, self._next_exec, self._max_inflight)
+        try:
+            self._input.write((args, kwargs), remaining(deadline))
+        except ChannelError as e:
+            if isinstance(e, TypeError):  # ValueNotSerializable: nothing was sent
+                raise
+            raise self._fault(e, "execute") from e
+        idx = self._next_exec
+        self._next_exec += 1
+        return idx
 
     def _refs(self, idx: int, cls: type) -> Any:
         refs = [cls(self, idx, i) for i in range(len(self._plan.outputs))]
