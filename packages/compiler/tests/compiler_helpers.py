@@ -34,6 +34,12 @@ class Echo:
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
 
+    def fwd(self, x: object, microbatch: int = 0) -> object:
+        return x
+
+    def bwd(self, x: object, microbatch: int = 0) -> object:
+        return x
+
 
 @ray.remote
 def plain_function(x: object) -> object:

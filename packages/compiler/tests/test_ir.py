@@ -20,6 +20,8 @@ def test_str_of_a_small_chain(actors: list[Any]) -> None:
         "%echo0_echo = call[echo0.echo](%inp)  transport=shm slots=10",
         "%echo1_echo = call[echo1.echo](%echo0_echo, y=3)  transport=shm slots=10",
         "%out = output(%echo1_echo)",
+        "schedule[echo0] = %echo0_echo",
+        "schedule[echo1] = %echo1_echo",
     ]
 
 

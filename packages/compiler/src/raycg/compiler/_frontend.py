@@ -103,6 +103,7 @@ class _Reader:
         self.calls: dict[DAGNode, Node] = {}
         self.inputs: dict[DAGNode, Node] = {}
         self._names_used: dict[str, int] = {}
+        self._handles: dict[str, dict[int, Any]] = {}  # actor id -> the handle objects bound on
 
     def read(self, dag_node: DAGNode) -> None:
         if isinstance(dag_node, InputNode):
@@ -158,6 +159,8 @@ class _Reader:
         actor = self._actor(handle)
         node = Node(name=f"{actor.name}_{method}", op="call", display_name=f"{actor.class_name}.{method}",
                     actor=actor, method=method)  # fmt: skip
+        # Ray counts binds per actor handle: the actor's order of computation (schedule).
+        node.meta["bind_index"] = dag_node._get_bind_index()
         num_returns = dag_node.num_returns
         if isinstance(dag_node, CollectiveOutputNode):
             node.meta["unsupported"] = "collective"
@@ -170,13 +173,18 @@ class _Reader:
 
     def _actor(self, handle: Any) -> Actor:
         actor_id = handle._actor_id.hex()
+        # Each handle object counts its own binds: a second handle to one actor makes the
+        # bind indices of that actor's tasks incomparable (schedule says so if it matters).
+        self._handles.setdefault(actor_id, {})[id(handle)] = handle
         if actor_id not in self.graph.actors:
             class_name = handle._ray_actor_creation_function_descriptor.class_name
             short = _identifier(class_name.rsplit(".", 1)[-1]).lower()
             k = self._names_used.get(short, 0)
             self._names_used[short] = k + 1
             self.graph.actors[actor_id] = Actor(actor_id, class_name, f"{short}{k}", handle)
-        return self.graph.actors[actor_id]
+        actor = self.graph.actors[actor_id]
+        actor.num_handles = len(self._handles[actor_id])
+        return actor
 
     def _arg(self, value: object, node: Node, position: str) -> Arg:
         if not isinstance(value, DAGNode):

@@ -72,6 +72,7 @@ class Actor:
     handle: object  # the ActorHandle; opaque to the IR
     node_id: str | None = None
     dead_reason: str | None = None
+    num_handles: int = 1  # distinct ActorHandle objects the DAG binds this actor's tasks through
 
     @property
     def label(self) -> str:
@@ -161,7 +162,13 @@ class Graph:
         _lint_meta(self)
 
     def __str__(self) -> str:
-        return "\n".join(str(n) for n in self.nodes)
+        """One line per node, then (once scheduled) one line per actor: the order in which
+        it computes its tasks, every execution."""
+        lines = [str(n) for n in self.nodes]
+        for tasks in self.meta.get("schedule", {}).values():
+            order = ", ".join(f"%{t.name}" for t in tasks)
+            lines.append(f"schedule[{tasks[0].target.split('.')[0]}] = {order}")
+        return "\n".join(lines)
 
 
 def _lint_names_and_order(graph: Graph) -> None:
