@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import os
 import random
 import sys
@@ -84,7 +83,6 @@ def no_leaks(stages: list[Any]) -> Iterator[None]:
     yield
     deadline = time.monotonic() + CLEANUP_BOUND_S
     while True:
-        gc.collect()
         problems = []
         if new_shm_entries(shm):
             problems.append(f"/dev/shm: {new_shm_entries(shm)}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from collections.abc import Iterator
@@ -63,10 +62,8 @@ def no_leaks(actors: list[ray.actor.ActorHandle]) -> Iterator[None]:
     from raycg.runtime import actor_running_graphs
     from raycg.runtime.testing import new_shm_entries, raycg_fds, raycg_threads, shm_entries
 
-    gc.collect()
     shm = shm_entries()
     yield
-    gc.collect()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         running = [g for a in actors for g in actor_running_graphs(a)]

@@ -45,17 +45,24 @@ def test_actors_serve_calls_and_a_new_graph_at_once(actors: list) -> None:
     g2.teardown()
 
 
-def test_dropping_the_last_reference_tears_down(actors: list) -> None:
+def test_dropping_the_last_reference_tears_down_without_the_collector(actors: list) -> None:
+    # Promptly: by reference counting alone, not at some later generation-2 collection.
     g = raycg.compile(chain(actors))
-    ref = g.execute(1)
-    assert ray.get(ref) == 3
+    assert ray.get(g.execute(1)) == 3
+    g.execute(2)  # dropped unfetched
+    pending = g.execute(3)  # held past the graph
     graph_id = g.graph_id
-    del g, ref
-    gc.collect()
-    deadline = time.monotonic() + 5
-    while graph_id in actor_running_graphs(actors[0]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert graph_id not in actor_running_graphs(actors[0])
+    gc.disable()
+    try:
+        del g
+        assert graph_id in actor_running_graphs(actors[0])  # the pending ref keeps it
+        del pending
+        deadline = time.monotonic() + 5
+        while graph_id in actor_running_graphs(actors[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert graph_id not in actor_running_graphs(actors[0])
+    finally:
+        gc.enable()
     g2 = raycg.compile(chain(actors))  # the same actors, at once
     assert ray.get(g2.execute(1)) == 3
     g2.teardown()

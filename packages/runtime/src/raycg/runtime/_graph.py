@@ -37,7 +37,7 @@ from . import _errors, _monitor, _setup, _stats_report
 from ._actor import running_graphs, teardown_actor
 from ._projection import compile_projections
 from ._ref import GraphFuture, GraphRef
-from ._results import Results
+from ._results import Fault, Results
 
 TEARDOWN_TIMEOUT_S = 10.0
 
@@ -55,6 +55,19 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
+
+
+def _weak_fault(graph: CompiledGraph) -> Fault:
+    """``graph._fault`` for its result buffer, without a reference back to the graph:
+    a bound method would make a cycle (graph -> results -> graph), and a dropped graph
+    would then be torn down only at some later collection, not when dropped."""
+    ref = weakref.ref(graph)
+
+    def fault(e: ChannelError, what: str) -> Exception:
+        g = ref()
+        return _errors.to_ray_error(e, what) if g is None else g._fault(e, what)
+
+    return fault
 
 
 def ray_timeout(seconds: float) -> float | None:
@@ -120,7 +133,7 @@ class CompiledGraph:
             (out_channels.index(o.channel_id), compile_projections(o.projections)) for o in plan.outputs
         ]
         self._results = Results(
-            self._name, readers, out_map, max(1, plan.options.max_buffered_results), self._fault
+            self._name, readers, out_map, max(1, plan.options.max_buffered_results), _weak_fault(self)
         )
         self._processes = _setup.setup_actors(plan, self._actors, endpoints, self._pid)
 
