@@ -16,6 +16,7 @@ import pytest
 from transports_testing import SPAWN, big_array, digest
 
 from raycg.transports import ChannelClosed, ShmRing, ShmRingSpec, open_reader
+from raycg.transports._shm_ring import _slots_offset
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,3 +93,77 @@ def test_close_during_an_unpickle_on_another_thread_does_not_unmap_it(tail: obje
         writer.close()
     assert code == 0, f"the reader's process died (exit code {code})"
     assert outcome in ([digest(("rebuilt", tail))], ["ChannelClosed"])
+
+
+# --- corrupt slot records (issue 9, defect 6) ---------------------------------------
+
+# Word index of each field in a slot record (drawn in _shm_ring.py).
+_OFFSET, _META_LEN, _NBUFS = 5, 6, 7
+
+
+def _read_corrupt(conn: Any, spec: ShmRingSpec) -> None:
+    reader = open_reader(spec, 0, zero_copy_min_bytes=0)  # buffers: through a Pin
+    assert reader.read() == "warm-up"  # maps the generation: the C core reads what follows
+    try:
+        got: object = ("read", digest(reader.read(10)))
+    except Exception as e:
+        got = (type(e).__name__, str(e))
+    reader.close()
+    conn.send(got)
+
+
+def _corrupt_record(ring: ShmRing, seq: int, word: int, value: int) -> None:
+    assert ring._ctrl.view is not None
+    q = ring._ctrl.view.cast("Q")
+    try:
+        q[(_slots_offset(ring.spec.nreaders) + 64 * (seq % ring.spec.nslots)) // 8 + word] = value
+    finally:
+        q.release()
+
+
+def _corrupt_buffer_table(ring: ShmRing, seq: int, field: int, value: int) -> None:
+    """Overwrite the first buffer's offset (field 0) or length (1) in value seq's region."""
+    assert ring._ctrl.view is not None and ring._data.view is not None
+    q = ring._ctrl.view.cast("Q")
+    d = ring._data.view.cast("Q")
+    try:
+        base = q[(_slots_offset(ring.spec.nreaders) + 64 * (seq % ring.spec.nslots)) // 8 + _OFFSET]
+        d[base // 8 + field] = value
+    finally:
+        q.release()
+        d.release()
+
+
+_DATA_BYTES = 2 * 65536  # ShmRing(2, 1, slot_bytes=65536)
+
+
+@pytest.mark.parametrize(
+    ("value", "corrupt"),
+    [
+        (("x" * 1000, 1), lambda ring: _corrupt_record(ring, 1, _OFFSET, 1 << 40)),
+        (("x" * 1000, 1), lambda ring: _corrupt_record(ring, 1, _OFFSET, _DATA_BYTES - 16)),
+        (("x" * 1000, 1), lambda ring: _corrupt_record(ring, 1, _META_LEN, 1 << 40)),
+        (("x" * 1000, 1), lambda ring: _corrupt_record(ring, 1, _NBUFS, 1 << 40)),
+        ([big_array(1 << 15, 8)], lambda ring: _corrupt_buffer_table(ring, 1, 0, 1 << 40)),
+        ([big_array(1 << 15, 8)], lambda ring: _corrupt_buffer_table(ring, 1, 1, 1 << 40)),
+    ],
+    ids=[
+        "offset-past-the-mapping",
+        "stream-across-the-end",
+        "stream-length-past-the-mapping",
+        "nbufs-huge",
+        "buffer-offset-past-the-region",
+        "buffer-length-past-the-region",
+    ],
+)
+def test_a_corrupt_slot_record_is_channel_broken_not_a_crash(value: object, corrupt: Any) -> None:
+    with ShmRing(2, 1, slot_bytes=65536, name="corrupt") as ring:
+        writer = ring.open_writer()
+        writer.write("warm-up")
+        writer.write(value)
+        corrupt(ring)
+        code, got = run_child(_read_corrupt, ring.spec)
+        writer.close()
+    assert code == 0, f"the reader's process died (exit code {code})"
+    assert isinstance(got, tuple) and got[0] == "ChannelBroken", got
+    assert "slot record of value #1 is corrupt" in got[1]

@@ -10,7 +10,7 @@ typedef struct {
     PyObject *pinned;   /* the reader's dict of live zero-copy values */
     PyObject *unpinned; /* the reader's deque of dropped ones not yet applied */
     char *ctrl, *data;
-    uint64_t nslots, slots_off, released_off, next, gen;
+    uint64_t nslots, slots_off, released_off, next, gen, data_bytes;
     int64_t spin_ns, pure_ns;
     int spun; /* the last try_read spun and found nothing: the Python path goes to sleep */
 } ReaderCore;
@@ -85,6 +85,10 @@ static PyObject *ReaderCore_try_read(ReaderCore *self, PyObject *unused) {
     if (load_u32(self->ctrl, CLOSED) || self->data == NULL) return Py_NewRef(MISS);
     const uint64_t *rec = (const uint64_t *)(self->ctrl + self->slots_off + LINE * (self->next % self->nslots));
     if (rec[0] != self->next || rec[1] != self->gen || rec[7] != 0) return Py_NewRef(MISS);
+    /* A record that points outside the mapping is corrupt: never read through it (the
+     * Python path checks the record in full and raises ChannelBroken). Overflow-free:
+     * offset <= size first, then length <= what is left. */
+    if (rec[5] > self->data_bytes || rec[6] > self->data_bytes - rec[5]) return Py_NewRef(MISS);
     /* The memoryview below has no exporter, and unpickling runs Python code (__reduce__
      * hooks, finalizers at any allocation) that may release the GIL: a close() from
      * another thread would then detach us and unmap the region under the unpickler.
@@ -106,14 +110,16 @@ static PyObject *ReaderCore_spin(ReaderCore *self, PyObject *unused) {
     return PyBool_FromLong(reader_ready(self) || reader_spin(self));
 }
 
-/* set_data(keep, addr, gen): the generation try_read decodes from. */
+/* set_data(keep, addr, gen, size_bytes): the generation try_read decodes from, and the
+ * size of its mapping (no slot record may point past it). */
 static PyObject *ReaderCore_set_data(ReaderCore *self, PyObject *args) {
     PyObject *keep;
-    unsigned long long addr, gen;
-    if (!PyArg_ParseTuple(args, "OKK", &keep, &addr, &gen)) return NULL;
+    unsigned long long addr, gen, size_bytes;
+    if (!PyArg_ParseTuple(args, "OKKK", &keep, &addr, &gen, &size_bytes)) return NULL;
     Py_XSETREF(self->data_keep, Py_NewRef(keep));
     self->data = (char *)(uintptr_t)addr;
     self->gen = gen;
+    self->data_bytes = size_bytes;
     Py_RETURN_NONE;
 }
 
@@ -127,6 +133,7 @@ static PyObject *ReaderCore_release(ReaderCore *self, PyObject *arg) {
 static PyObject *ReaderCore_detach(ReaderCore *self, PyObject *unused) {
     self->data = NULL;
     self->gen = UINT64_MAX;
+    self->data_bytes = 0;
     Py_CLEAR(self->data_keep);
     Py_RETURN_NONE;
 }

@@ -170,9 +170,18 @@ class ShmRingReader(_Endpoint):
         r_seq, gen, pid, fd, slot_bytes, base, meta_len, nbufs = rec
         if r_seq != seq:
             raise ChannelBroken(f"channel {self.spec.name!r}: slot holds value #{r_seq}, expected #{seq}")
+        if slot_bytes == 0:
+            raise self._corrupt(seq, "its region has 0 bytes")
         seg = self._gens.get(gen)
         if seg is None:
             seg = self._map_generation(gen, pid, fd, slot_bytes)
+        # Never read through a record that points outside the mapping (a segfault).
+        if base + slot_bytes > seg.size_bytes or 16 * nbufs + meta_len > slot_bytes:
+            raise self._corrupt(
+                seq,
+                f"a {slot_bytes}-byte region at {base} of a {seg.size_bytes}-byte segment, "
+                f"holding {nbufs} buffers and a {meta_len}-byte stream",
+            )
         # Our own references: a close() on another thread (whenever decoding lets the
         # GIL go) drops the segment's, and the mapping must outlive every view we make.
         # A slice of ``view`` holds the exporter ``mm`` too, and so does a Pin.
@@ -185,21 +194,33 @@ class ShmRingReader(_Endpoint):
                 return pickle.loads(view[base : base + meta_len])
             finally:  # a value that fails to unpickle is consumed all the same
                 self._release_through(seq + 1)
-        return self._read_with_buffers(seq, (mm, seg.address, view), base, meta_len, nbufs, copy)
+        return self._read_with_buffers(seq, (mm, seg.address, view), base, slot_bytes, meta_len, nbufs, copy)
+
+    def _corrupt(self, seq: int, why: str) -> ChannelBroken:
+        return ChannelBroken(f"channel {self.spec.name!r}: the slot record of value #{seq} is corrupt: {why}")
 
     def _read_with_buffers(
         self,
         seq: int,
         mapping: tuple[object, int, memoryview],
         base: int,
+        region_bytes: int,
         meta_len: int,
         nbufs: int,
         copy: bool,
     ) -> object:
-        """Decode value ``seq``, whose region starts at ``base`` in ``mapping``: the
-        mapping's exporter (held for as long as we make views of it), address and view."""
+        """Decode value ``seq``, whose region of ``region_bytes`` starts at ``base`` in
+        ``mapping``: the mapping's exporter (held for as long as we make views of it),
+        address and view.
+
+        Raises:
+            ChannelBroken: the buffer table points outside the region.
+        """
         mm, address, view = mapping
         table = struct.unpack_from(f"<{2 * nbufs}Q", view, base)
+        for o, n in zip(table[0::2], table[1::2]):
+            if o + n > region_bytes:
+                raise self._corrupt(seq, f"a {n}-byte buffer at {o} of a {region_bytes}-byte region")
         meta = view[base + 16 * nbufs : base + 16 * nbufs + meta_len]
         if copy or sum(table[1::2]) < self._zero_copy_min:
             bufs = [bytearray(view[base + o : base + o + n]) for o, n in zip(table[0::2], table[1::2])]
@@ -274,7 +295,7 @@ class ShmRingReader(_Endpoint):
         for old in [g for g in self._gens if g < gen]:
             self._gens.pop(old).close()
         self._gens[gen] = seg
-        self._core.set_data(seg.mm, seg.address, gen)
+        self._core.set_data(seg.mm, seg.address, gen, seg.size_bytes)
         return seg
 
     def _wait_data(self, seq: int, deadline: float, spun: bool) -> None:
