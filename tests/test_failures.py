@@ -167,6 +167,21 @@ def test_failed_branch_fails_only_its_own_ref(fresh: list) -> None:
     g.teardown()
 
 
+@pytest.mark.parametrize("bad", [None, (1, 2, 3), 7], ids=["none", "three", "int"])
+def test_wrong_number_of_returns_fails_that_execution_only(actors: list, bad: object) -> None:
+    a, b = actors[:2]
+    with InputNode() as inp:
+        x, y = a.echo.options(num_returns=2).bind(inp)  # echo: as many outputs as it is given
+        g = raycg.compile(MultiOutputNode([x, b.echo.bind(y)]))
+    try:
+        for ref in g.execute(bad):  # read by the driver, and by another actor
+            with pytest.raises(RayTaskError, match=r"Expected 2 outputs, but got"):
+                ray.get(ref)
+        assert ray.get(g.execute((1, 2))) == [1, 2]  # the graph keeps running
+    finally:
+        g.teardown()
+
+
 def test_compile_refuses_a_dead_actor_and_creates_nothing(fresh: list) -> None:
     a, b = fresh[:2]
     ray.kill(b)

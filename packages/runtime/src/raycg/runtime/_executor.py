@@ -207,16 +207,9 @@ class Executor:
             kwargs = {k: g(vals) for k, g in task.kwgetters}
             with _TASK_LOCK:  # one graph task at a time on this actor, whatever the graph
                 result = task.method(*args, **kwargs)
-            if result is None:
-                return _NONE
-            if task.num_returns > 1 and (
-                not isinstance(result, (tuple, list)) or len(result) != task.num_returns
-            ):
-                raise ValueError(
-                    f"{task.display} declares num_returns={task.num_returns} but returned "
-                    f"{type(result).__name__} {result!r:.80}"
-                )
-            return result
+            if task.num_returns > 1:
+                _check_num_returns(result, task.num_returns, task.display)
+            return _NONE if result is None else result
         except Exception as e:
             task.stats.errors += 1
             return _errors.wrap_task_error(e, task.display, self.actor_repr, self.actor_id)
@@ -234,6 +227,23 @@ class Executor:
             ep.close()
         for ring in self.inproc:
             ring.close()
+
+
+def _check_num_returns(result: Any, n: int, display: str) -> None:
+    """A task of ``num_returns=n`` returns n values (Ray's message, for the same fault).
+
+    Raises:
+        ValueError: ``result`` is not a tuple or list of ``n`` values.
+    """
+    if not isinstance(result, (tuple, list)):
+        raise ValueError(
+            f"Expected {n} outputs, but got {type(result).__name__} {result!r:.80}: {display} "
+            f"declares num_returns={n}, so it must return a tuple of {n} values"
+        )
+    if len(result) != n:
+        raise ValueError(
+            f"Expected {n} outputs, but got {len(result)} outputs: {display} declares num_returns={n}"
+        )
 
 
 class _NoneResult:

@@ -25,6 +25,7 @@ from ray.exceptions import RayCgraphCapacityExceeded, RayChannelTimeoutError, Ra
 
 from raycg.transports import ChannelClosed, ChannelError, ShmRingReader, remaining
 
+from ._errors import wrap_task_error
 from ._projection import Step, project
 
 _TAKEN = object()  # a result already returned (or dropped)
@@ -167,13 +168,12 @@ class Results:
                 partial.append(reader.read(remaining(deadline), copy=copy))
         except ChannelError as e:
             raise self._fault(e, what) from e
-        row = [
-            v if isinstance(v, RayTaskError) or not proj else project(v, proj, False)
-            for v, proj in ((partial[c], p) for c, p in self._out_map)
-        ]
-        # Empty the list in place: a traceback of an earlier failed read may still
-        # reference it, and must not keep (and pin) this execution's values.
-        partial.clear()
+        try:
+            row = [self._output(out, partial[c], proj) for out, (c, proj) in enumerate(self._out_map)]
+        finally:
+            # Empty the list in place: a traceback of an earlier failed read may still
+            # reference it, and must not keep (and pin) this execution's values.
+            partial.clear()
         with self._lock:
             idx = self.next_read
             self._rows[idx] = row
@@ -186,6 +186,17 @@ class Results:
             value = row[take]
             self._take(idx, take)
             return value
+
+    def _output(self, out: int, value: Any, steps: tuple[Step, ...]) -> Any:
+        """Output ``out`` of a channel value. The executor checks that a task returns
+        its ``num_returns`` values; should a projection fail all the same, that output
+        of this execution fails, and the buffer goes on to the next execution."""
+        if isinstance(value, RayTaskError) or not steps:
+            return value
+        try:
+            return project(value, steps, False)
+        except (IndexError, KeyError, TypeError) as e:
+            return wrap_task_error(e, f"output {out} of {self._name}", self._name)
 
     def _take(self, idx: int, out: int) -> None:
         row = self._rows[idx]
