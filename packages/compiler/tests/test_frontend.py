@@ -121,7 +121,7 @@ def test_unsupported_nodes_are_marked(ray_local: None, actors: list[Any]) -> Non
     function, hidden, echo = _calls(graph)
     assert function.meta["unsupported"] == "function" and function.display_name == "plain_function"
     assert hidden.users == []  # hidden inside the list: not an edge
-    assert echo.meta["nested_args"] == [("keyword argument 'y'", "list")]
+    assert echo.meta["nested_args"] == [("keyword argument 'y'", "list", ["Echo.echo"])]
 
 
 def test_long_chain_needs_no_recursion(actors: list[Any]) -> None:

@@ -18,7 +18,10 @@ from raycg.proto import Projection
 def test_function_task_is_not_implemented(actors: list[Any]) -> None:
     with InputNode() as inp:
         dag = actors[0].echo.bind(plain_function.bind(inp))
-    with pytest.raises(NotImplementedError, match=r"^plain_function: a function task"):
+    with pytest.raises(
+        NotImplementedError,
+        match=r"^Compiled DAGs currently only support actor method nodes: plain_function is a function task",
+    ):
         compile_debug(dag)
     with InputNode() as inp:  # fixed: an actor method instead
         dag = actors[0].echo.bind(actors[1].echo.bind(inp))
@@ -33,13 +36,26 @@ def test_dag_node_inside_a_container(actors: list[Any], where: str) -> None:
         arg: object = {"list": [x], "dict": {"k": x}, "tuple": (x, 1), "kwarg": [x]}[where]
         dag = b.echo.bind(inp, y=arg) if where == "kwarg" else b.echo.bind(arg)
     position = "keyword argument 'y'" if where == "kwarg" else "argument 0"
-    with pytest.raises(ValueError, match=rf"^Echo.echo: {position} is a {type(arg).__name__} holding a DAG"):
+    with pytest.raises(ValueError, match=r"^Found 1 DAGNodes from the arg ") as info:
+        compile_debug(dag)
+    assert str(info.value).startswith(
+        f"Found 1 DAGNodes from the arg {position} ({type(arg).__name__}) in Echo.echo: Echo.echo. "
+        "Please ensure that the argument is a single DAGNode"
+    )
+
+
+def test_a_nested_node_is_named_by_its_method(actors: list[Any]) -> None:
+    a, b = actors[:2]
+    with InputNode() as inp:
+        dag = b.echo.bind([a.split.bind(inp), inp[0]])
+    named = "from the arg argument 0 (list) in Echo.echo: Echo.split, inp[0]."
+    with pytest.raises(ValueError, match=re.escape(named)):
         compile_debug(dag)
 
 
 def test_no_input_node(actors: list[Any]) -> None:
     dag = actors[0].echo.bind(actors[1].echo.bind(1))
-    with pytest.raises(ValueError, match=r"^Echo.echo: the graph has no InputNode"):
+    with pytest.raises(ValueError, match=r"^Compiled DAGs currently require exactly one InputNode: Echo"):
         compile_debug(dag)
 
 
@@ -47,7 +63,7 @@ def test_task_depending_on_no_input(actors: list[Any]) -> None:
     a, b = actors[:2]
     with InputNode() as inp:
         dag = MultiOutputNode([a.echo.bind(inp), b.add.bind(1)])
-    with pytest.raises(ValueError, match=r"^Echo.add: this task depends on no input"):
+    with pytest.raises(ValueError, match=r"^Compiled DAGs require each task .*: Echo.add on .* depends on"):
         compile_debug(dag)
 
 
@@ -56,8 +72,10 @@ def test_leaf_node_then_fixed_with_the_same_input(actors: list[Any]) -> None:
     with InputNode() as inp:
         dag = a.echo.bind(inp)
         leaf = b.add.bind(inp)
-    with pytest.raises(ValueError, match=rf"^Echo.add on actor Echo\({b._actor_id.hex()[:6]}\): .* leaf"):
+    with pytest.raises(ValueError, match=r"^Compiled DAG doesn't support leaf nodes, i\.e\.") as info:
         compile_debug(dag)
+    label = f"Echo({b._actor_id.hex()[:6]})"
+    assert f"There are 1 leaf nodes in the DAG: Echo.add on actor {label}. " in str(info.value)
     compile_debug(MultiOutputNode([dag, leaf]))  # fixed: the leaf is now an output
 
 
@@ -86,7 +104,7 @@ def test_dead_actor_then_fixed(new_actor: Callable[[], Any], actors: list[Any]) 
 def test_mixing_input_and_indexed_input(actors: list[Any]) -> None:
     with InputNode() as inp:
         dag = actors[0].add.bind(inp, inp[0])
-    with pytest.raises(ValueError, match="either use InputNode"):
+    with pytest.raises(ValueError, match=r"^All tasks must either use InputNode\(\) directly.*: Echo.add"):
         compile_debug(dag)
 
 
@@ -115,7 +133,7 @@ def test_output_that_is_the_input(actors: list[Any]) -> None:
 def test_actor_created_inside_the_dag(ray_local: None) -> None:
     with InputNode() as inp:
         dag = Echo.bind().echo.bind(inp)
-    with pytest.raises(ValueError, match=r"^Echo.echo: the actor is created inside the DAG"):
+    with pytest.raises(ValueError, match=r"^Compiled DAGs can only bind methods to an actor that is already"):
         compile_debug(dag)
 
 
@@ -126,11 +144,29 @@ def test_zero_num_returns(actors: list[Any]) -> None:
         compile_debug(dag)
 
 
-def test_an_unread_return_of_a_read_task_is_no_leaf(actors: list[Any]) -> None:
+def test_an_unread_return_of_a_read_task_is_a_leaf(actors: list[Any]) -> None:
+    a = actors[0]
     with InputNode() as inp:
-        left, _right = actors[0].split.options(num_returns=2).bind(inp)
-    compiled = compile_debug(left)  # the task is read; its errors reach the driver
-    assert [list(o.projections) for o in compiled.plan.outputs] == [[Projection(index=0)]]
+        left, right = a.split.options(num_returns=2).bind(inp)
+    label = f"Echo({a._actor_id.hex()[:6]})"
+    leaf = f"leaf nodes in the DAG: output 1 of Echo.split on actor {label}. "
+    with pytest.raises(ValueError, match=re.escape(leaf)):
+        compile_debug(left)  # as Ray: return_idx_1 has no downstream node
+    compiled = compile_debug(MultiOutputNode([left, right]))  # fixed: both outputs are read
+    outputs = [list(o.projections) for o in compiled.plan.outputs]
+    assert outputs == [[Projection(index=0)], [Projection(index=1)]]
+
+
+def test_every_leaf_is_named(actors: list[Any]) -> None:
+    a, b = actors[:2]
+    with InputNode() as inp:
+        dag = a.echo.bind(inp)
+        b.add.bind(inp)
+        b.split.options(num_returns=3).bind(inp)[1]  # none of the 3 outputs is read
+    with pytest.raises(ValueError, match=r"There are 4 leaf nodes in the DAG: Echo\.add on actor") as info:
+        compile_debug(dag)
+    for i in range(3):
+        assert f"; output {i} of Echo.split on actor" in str(info.value)
 
 
 def test_the_input_alone_is_no_graph(ray_local: None) -> None:

@@ -216,9 +216,9 @@ def _has_nested_nodes(dag_node: DAGNode) -> bool:
     return any(id(u) not in top_ids for u in dag_node._upstream_nodes)
 
 
-def _nested_positions(dag_node: DAGNode) -> list[tuple[str, str]]:
-    """(position, container type) of each argument hiding DAG nodes: the error path only,
-    as finding them means pickling the argument."""
+def _nested_positions(dag_node: DAGNode) -> list[tuple[str, str, list[str]]]:
+    """(position, container type, the hidden nodes as the user wrote them) of each argument
+    hiding DAG nodes: the error path only, as finding them means pickling the argument."""
     found = []
     named = [(f"argument {i}", a) for i, a in enumerate(dag_node.get_args())]
     named += [(f"keyword argument {k!r}", v) for k, v in dag_node.get_kwargs().items()]
@@ -227,11 +227,31 @@ def _nested_positions(dag_node: DAGNode) -> list[tuple[str, str]]:
             continue
         scanner: _PyObjScanner[Any, Any] = _PyObjScanner()
         try:
-            if scanner.find_nodes(value):
-                found.append((position, type(value).__name__))
+            hidden = scanner.find_nodes(value)
         finally:
             scanner.clear()
+        if hidden:
+            found.append((position, type(value).__name__, [_written(n) for n in hidden]))
     return found
+
+
+def _written(dag_node: DAGNode) -> str:
+    """A DAG node as the user wrote it: ``Echo.produce``, ``InputNode``, ``inp[0]``."""
+    if isinstance(dag_node, ClassMethodNode):
+        if dag_node.is_class_method_output and dag_node.class_method_call is not None:
+            return f"output {dag_node.output_idx} of {_written(dag_node.class_method_call)}"
+        handle = dag_node._get_actor_handle()
+        if handle is not None:
+            cls = handle._ray_actor_creation_function_descriptor.class_name
+        else:
+            cls = getattr(dag_node._parent_class_node, "_body", type(dag_node)).__name__
+        return f"{cls}.{dag_node.get_method_name()}"
+    if isinstance(dag_node, InputAttributeNode):
+        key = dag_node.key
+        return f"inp[{key!r}]" if isinstance(key, int) else f"inp.{key}"
+    if isinstance(dag_node, FunctionNode):
+        return getattr(dag_node._body, "__qualname__", repr(dag_node._body))
+    return type(dag_node).__name__
 
 
 def _identifier(text: str) -> str:

@@ -1,8 +1,9 @@
 """validate: refuse what cannot be compiled, naming the node as the user wrote it.
 
 The errors are Ray's own compiler's (API.md): NotImplementedError for a function task,
-ValueError for the rest. Checks run cheapest-mistake first; the dead-actor check comes
-last, as ``_placement`` ran before and only recorded what it saw.
+ValueError for the rest; each message starts with Ray's words where Ray has some, so
+that code matching them keeps working. Checks run cheapest-mistake first; the
+dead-actor check comes last, as ``_placement`` ran before and only recorded what it saw.
 """
 
 from __future__ import annotations
@@ -11,13 +12,23 @@ from collections.abc import Callable
 
 from ..ir import Const, FirstArg, Graph, Index, Key, Node
 
+# Each refusal starts with Ray's own compiler's words (code matching them keeps working),
+# then says which node, as the user wrote it, and what to do.
 _UNSUPPORTED: dict[str, tuple[type[Exception], str]] = {
-    "function": (NotImplementedError, "a function task cannot be compiled; bind an actor method instead"),
-    "collective": (NotImplementedError, "collective operations cannot be compiled by raycg.compiler yet"),
+    "function": (
+        NotImplementedError,
+        "Compiled DAGs currently only support actor method nodes: {name} is a function task "
+        "({name}.bind(...)); make it a method of an actor created with Actor.remote() and bind that",
+    ),
+    "collective": (
+        NotImplementedError,
+        "{name}: collective operations cannot be compiled by raycg.compiler yet",
+    ),
     "uncreated_actor": (
         ValueError,
-        "the actor is created inside the DAG (Actor.bind()); create it first with "
-        "Actor.remote() and bind the method of that handle",
+        "Compiled DAGs can only bind methods to an actor that is already created with "
+        "Actor.remote(): {name} is bound on an actor created inside the DAG (Actor.bind()); create "
+        "it first with Actor.remote() and bind the method of that handle",
     ),
 }
 
@@ -38,18 +49,21 @@ def _refuse_unsupported(graph: Graph) -> None:
                 f"{node.display_name}: num_returns={node.meta['num_returns']!r} cannot be compiled; "
                 "a compiled task returns one value, or N values with num_returns=N (N >= 1)"
             )
-        error, why = _UNSUPPORTED.get(
-            kind, (ValueError, f"a {kind} cannot be compiled; only actor method calls can")
-        )
-        raise error(f"{node.display_name}: {why}")
+        unknown = "Found unsupported node of type {name}: only actor method calls can be compiled"
+        error, why = _UNSUPPORTED.get(kind, (ValueError, unknown))
+        raise error(why.format(name=node.display_name))
 
 
 def _refuse_bad_args(graph: Graph) -> None:
     for node in graph.nodes:
-        for position, container in node.meta.get("nested_args", []):
+        for position, container, hidden in node.meta.get("nested_args", []):
+            names = ", ".join(hidden)
             raise ValueError(
-                f"{node.display_name}: {position} is a {container} holding a DAG node; a DAG node "
-                "cannot be placed inside a container: pass each DAG node as an argument of its own"
+                f"Found {len(hidden)} DAGNodes from the arg {position} ({container}) in "
+                f"{node.display_name}: {names}. Please ensure that the argument is a single DAGNode "
+                "and that a DAGNode is not allowed to be placed inside any type of container: pass "
+                f"{names} to {node.display_name} as {'an argument' if len(hidden) == 1 else 'arguments'} "
+                "of its own"
             )
         for position, kind in node.meta.get("bad_args", []):
             raise ValueError(f"{node.display_name}: {position} is a {kind}, which cannot be an argument")
@@ -59,12 +73,14 @@ def _check_input(graph: Graph) -> None:
     inputs = graph.nodes_of("input")
     if not inputs:
         raise ValueError(
-            f"{_first_output_name(graph)}: the graph has no InputNode; build it inside "
+            "Compiled DAGs currently require exactly one InputNode: "
+            f"{_first_output_name(graph)}: the graph has none; build it inside "
             "`with InputNode() as inp:` and pass inp (or inp[i], inp.key) to its first tasks"
         )
     if len(inputs) > 1:
         readers = ", ".join(_user_names(n) for n in inputs)
         raise ValueError(
+            "Compiled DAGs currently require exactly one InputNode: "
             f"the graph has {len(inputs)} InputNodes (read by {readers}); "
             "use one InputNode and index it: inp[0], inp[1], inp.key"
         )
@@ -86,8 +102,9 @@ def _check_input_projections(graph: Graph, inp: Node) -> None:
                 used_keys.add(projection.i if isinstance(projection, Index) else projection.key)
     if direct and indexed:
         raise ValueError(
-            f"{direct[0].display_name} reads InputNode() itself while {indexed[0].display_name} "
-            "reads inp[i] or inp.key: all tasks must either use InputNode() directly or index it"
+            "All tasks must either use InputNode() directly, or they must index to specific args "
+            f"or kwargs: {direct[0].display_name} reads InputNode() itself while "
+            f"{indexed[0].display_name} reads inp[i] or inp.key; use one way in every task"
         )
     unused = [k for k in inp.meta.get("attribute_keys", []) if k not in used_keys]
     if unused:
@@ -115,19 +132,36 @@ def _refuse_inputless_tasks(graph: Graph) -> None:
             fed.add(node)
         elif node.op == "call":
             raise ValueError(
-                f"{node.display_name}: this task depends on no input: neither it nor any task it "
-                "reads takes the InputNode; pass it inp (or inp[i], inp.key) or another task's result"
+                "Compiled DAGs require each task to take a ray.dag.InputNode or at least one other "
+                f"DAGNode as an input: {node.display_name}{_on(node)} depends on no input (neither it "
+                "nor any task it reads takes the InputNode); pass it inp (or inp[i], inp.key) or "
+                "another task's result"
             )
 
 
 def _refuse_leaves(graph: Graph) -> None:
+    """As Ray: every task result, and every output of a num_returns=N task, is read."""
+    leaves = []
     for node in graph.nodes_of("call"):
-        if not node.users:
-            raise ValueError(
-                f"{node.display_name}{_on(node)}: this task is a leaf: its result is neither a graph "
-                "output nor read by another task, so its errors would be lost; add it to "
-                "MultiOutputNode([...]) or do not bind it"
-            )
+        if node.num_returns == 1:
+            if not node.users:
+                leaves.append(f"{node.display_name}{_on(node)}")
+        else:  # Ray: one node per output (return_idx_i), each a leaf if nothing reads it
+            read = {
+                ref.projections[0].i
+                for user in node.users
+                for ref in user.refs()
+                if ref.node is node and isinstance(ref.projections[0], Index)
+            }
+            unread = [i for i in range(node.num_returns) if i not in read]
+            leaves += [f"output {i} of {node.display_name}{_on(node)}" for i in unread]
+    if leaves:
+        raise ValueError(
+            "Compiled DAG doesn't support leaf nodes, i.e., nodes that don't have downstream nodes "
+            f"and are not output nodes. There are {len(leaves)} leaf nodes in the DAG: "
+            f"{'; '.join(leaves)}. Nothing reads their results, so their errors would be lost: add "
+            "them to MultiOutputNode([...]) or pass them to a task, or do not bind them"
+        )
 
 
 def _refuse_dead_actors(graph: Graph) -> None:
