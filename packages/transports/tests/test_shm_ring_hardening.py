@@ -16,7 +16,7 @@ import pytest
 from transports_testing import SPAWN, big_array, digest
 
 from raycg.transports import ChannelClosed, ShmRing, ShmRingSpec, open_reader
-from raycg.transports._shm_ring import _slots_offset
+from raycg.transports._shm_ring import _SPACE_FUTEX, _WRITER_WAITING, _slots_offset
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -167,3 +167,50 @@ def test_a_corrupt_slot_record_is_channel_broken_not_a_crash(value: object, corr
     assert code == 0, f"the reader's process died (exit code {code})"
     assert isinstance(got, tuple) and got[0] == "ChannelBroken", got
     assert "slot record of value #1 is corrupt" in got[1]
+
+
+# --- several readers wake the writer at once (issue 9, defect 7) ----------------------
+
+
+def _release_many(conn: Any, spec: ShmRingSpec, index: int, n: int) -> None:
+    reader = open_reader(spec, index)
+    conn.send("ready")
+    conn.recv()  # start together: the bumps must overlap to race
+    for k in range(n):
+        reader._publish_released(k)  # the writer says it sleeps: each release bumps the word
+    reader.close()  # bumps the word once more, through the Python path
+    conn.send("done")
+
+
+def test_readers_releasing_at_once_lose_no_bump_of_the_space_futex() -> None:
+    """Every release that finds the writer asleep adds one to space_futex, so a sleeping
+    writer always sees the word change: no increment is lost to a read-modify-write race
+    between readers (a lost one would cost the writer a whole sleep slice)."""
+    n = 1_000_000
+    with ShmRing(1, 2, name="bumps") as ring:
+        assert ring._ctrl.view is not None
+        words = ring._ctrl.view.cast("I")
+        try:
+            words[_WRITER_WAITING // 4] = 1  # as a writer does before it sleeps
+            before = words[_SPACE_FUTEX // 4]
+            peers = []
+            for index in range(2):
+                conn, child_conn = SPAWN.Pipe()
+                args = (child_conn, ring.spec, index, n)
+                proc = SPAWN.Process(target=_release_many, args=args, daemon=True)
+                proc.start()
+                child_conn.close()
+                peers.append((conn, proc))
+            for conn, _ in peers:
+                assert conn.recv() == "ready"
+            for conn, _ in peers:
+                conn.send("go")
+            for conn, proc in peers:
+                assert conn.recv() == "done"
+                proc.join(30)
+                conn.close()
+                proc.close()
+            bumps = (words[_SPACE_FUTEX // 4] - before) & 0xFFFFFFFF
+        finally:
+            words.release()
+    assert bumps == 2 * n + 2, f"{2 * n + 2 - bumps} of {2 * n + 2} bumps were lost"

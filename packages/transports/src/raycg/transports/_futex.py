@@ -26,6 +26,9 @@ WAKE_ALL = 0x7FFFFFFF
 # names imported from a compiled module.)
 fence = _native.fence
 futex_wake = _native.futex_wake
+# Add 1 to a futex word atomically and wake its sleepers: several processes bump the
+# same word, and a Python read-modify-write could store a stale value back.
+bump_and_wake = _native.bump_and_wake
 
 
 def futex_wait(addr: int, expected: int, timeout_s: float) -> None:
@@ -39,4 +42,4 @@ def futex_wait(addr: int, expected: int, timeout_s: float) -> None:
     _native.futex_wait(addr, expected, timeout_s)
 
 
-__all__ = ["WAKE_ALL", "fence", "futex_wait", "futex_wake"]
+__all__ = ["WAKE_ALL", "bump_and_wake", "fence", "futex_wait", "futex_wake"]

@@ -14,7 +14,7 @@
  * Files:
  *   _native.h          the layout, ordered loads and stores, the futex wake-up
  *   _native.c          this: the spin both ends wait with; fence(), futex_wait(),
- *                      futex_wake(); the module
+ *                      futex_wake(), bump_and_wake(); the module
  *   _native_writer.c   WriterCore: a writer's hot state; publishes values, picks regions
  *   _native_reader.c   ReaderCore: a reader's hot state; spins for and decodes values;
  *                      Pin: a read-only buffer over a slot that calls back when it dies
@@ -106,6 +106,13 @@ static PyObject *py_futex_wake(PyObject *mod, PyObject *const *args, Py_ssize_t 
     return PyLong_FromLong(r);
 }
 
+static PyObject *py_bump_and_wake(PyObject *mod, PyObject *arg) {
+    unsigned long long addr = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    bump_and_wake_word((uint32_t *)(uintptr_t)addr);
+    Py_RETURN_NONE;
+}
+
 /* ---- module ---------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -114,6 +121,8 @@ static PyMethodDef module_methods[] = {
      "futex_wait(addr, expected, timeout_s): sleep while the u32 at addr equals expected."},
     {"futex_wake", (PyCFunction)(void (*)(void))py_futex_wake, METH_FASTCALL,
      "futex_wake(addr, count=all) -> woken: wake sleepers on the u32 at addr."},
+    {"bump_and_wake", (PyCFunction)py_bump_and_wake, METH_O,
+     "bump_and_wake(addr): add 1 to the u32 at addr atomically, then wake every sleeper on it."},
     {NULL}};
 
 static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, module_methods};

@@ -74,13 +74,16 @@ static inline long sys_futex_wake(void *addr, int count) {
     return syscall(SYS_futex, addr, FUTEX_WAKE, count, NULL, NULL, 0);
 }
 
-/* Bump the futex word at ``off`` and wake every sleeper on it. The word changes only
- * for a sleeper: one that reads it, says it waits, then sleeps cannot miss this. */
-static inline void bump_and_wake(char *ctrl, uint64_t off) {
-    uint32_t *word = (uint32_t *)(ctrl + off);
-    __atomic_store_n(word, __atomic_load_n(word, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
+/* Bump the futex word at ``addr`` and wake every sleeper on it. The word changes only
+ * for a sleeper: one that reads it, says it waits, then sleeps cannot miss this.
+ * Atomic (lock xadd): several processes bump the same word (every reader and a close
+ * bump space_futex), and a plain load-add-store could write back a stale value, the
+ * very one a sleeper expects, so that its FUTEX_WAIT sleeps through the wake-up. */
+static inline void bump_and_wake_word(uint32_t *word) {
+    __atomic_fetch_add(word, 1, __ATOMIC_SEQ_CST);
     sys_futex_wake(word, INT32_MAX);
 }
+static inline void bump_and_wake(char *ctrl, uint64_t off) { bump_and_wake_word((uint32_t *)(ctrl + off)); }
 
 /* The one spin of both ends (_native.c): until ready(arg), for spin_ns, and beyond that
  * while the WRITING word equals ``writing`` (0: never), bounded. */

@@ -9,14 +9,16 @@ Memory. Two kinds of segment (see _segment.py: memfds, never named in /dev/shm):
   follow, and the writer frees an old generation once every reader released every
   value in it.
 
-Control segment (u64 = 8 bytes, u32 = 4 bytes; every line is 64 bytes so that no two
-processes write the same cache line)::
+Control segment (u64 = 8 bytes, u32 = 4 bytes; every line is 64 bytes so that the
+fields of different processes do not share a cache line; the exceptions, the futex
+words and the closed flag, are written rarely: see Protocol)::
 
     line 0  @0    set once by the owner, read-only after
             u64 magic | u64 version | u64 nslots | u64 nreaders
     line 1  @64   writer-owned
             u64 write_seq         values published so far
-            u32 data_futex        bumped on every publish and on close; readers sleep on it
+            u32 data_futex        bumped on a publish that finds a reader asleep, and by
+                                  whichever endpoint closes; readers sleep on it
             u32 writer_pid
             u64 writer_start_time (clock ticks since boot: guards against pid reuse)
             u32 writer_waiting    1 while the writer sleeps on space_futex
@@ -49,9 +51,13 @@ written once every reader's released_seq > seq - nslots. Its bytes go to the fre
 region (one whose last value every reader released) written most recently, whose
 lines are likeliest still in cache: the record's ``offset`` says which. With one value
 in flight, a ring thus keeps reusing the same region, as a hand-written exchange
-buffer would. Each field has one writer
-(except ``closed`` and the futex words, where any change is enough to wake a waiter),
-so there are no atomic read-modify-writes; aligned 8-byte stores are single stores.
+buffer would. Each field has one writer, except three: ``closed`` (any endpoint
+sets it, 0 -> 1 only), and the two futex words, which several processes bump
+(``space_futex``: every reader; both: whoever closes). A bump is an atomic increment
+(``lock xadd``, in C, for the Python path too): with a plain load-add-store, two
+bumpers could store the same value, or one a stale one, equal to what a sleeper
+expects, and its FUTEX_WAIT would sleep through the wake-up for a whole slice. Every
+other store is a plain aligned store (a single store on x86-64).
 Waiting spins for ``spin_s``, then sleeps on a futex in slices of at most
 ``liveness_interval_s``, checking between slices that the peer process is alive.
 
@@ -234,17 +240,16 @@ class ShmRing:
 
 
 def _close_shared(seg: Segment) -> None:
-    """Set the closed flag, bump both futex words and wake everyone."""
+    """Set the closed flag, bump both futex words (atomically: other endpoints bump them
+    too) and wake everyone."""
     if seg.view is None:
         return
     i = seg.view.cast("I")
     try:
         i[_CLOSED // 4] = 1
-        i[_DATA_FUTEX // 4] = (i[_DATA_FUTEX // 4] + 1) & 0xFFFFFFFF
-        i[_SPACE_FUTEX // 4] = (i[_SPACE_FUTEX // 4] + 1) & 0xFFFFFFFF
-        _futex.fence()
-        _futex.futex_wake(seg.address + _DATA_FUTEX)
-        _futex.futex_wake(seg.address + _SPACE_FUTEX)
+        _futex.fence()  # the flag before the bumps (each is a full barrier as well)
+        _futex.bump_and_wake(seg.address + _DATA_FUTEX)
+        _futex.bump_and_wake(seg.address + _SPACE_FUTEX)
     finally:
         i.release()
 
