@@ -8,15 +8,17 @@ of its own, and a crash fails the test instead of killing the test run.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
 
+import numpy as np
 import pytest
-from transports_testing import SPAWN, big_array, digest
+from transports_testing import SPAWN, Peer, big_array, digest
 
 from raycg.transports import ChannelClosed, ShmRing, ShmRingSpec, open_reader
-from raycg.transports._shm_ring import _SPACE_FUTEX, _WRITER_WAITING, _slots_offset
+from raycg.transports._shm_ring import _CUR_GEN, _CUR_SLOT_BYTES, _SPACE_FUTEX, _WRITER_WAITING, _slots_offset
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -214,3 +216,64 @@ def test_readers_releasing_at_once_lose_no_bump_of_the_space_futex() -> None:
         finally:
             words.release()
     assert bumps == 2 * n + 2, f"{2 * n + 2 - bumps} of {2 * n + 2} bumps were lost"
+
+
+# --- grown slots shrink back (issue 9, defect 10) ------------------------------------
+
+
+def _current_generation(ring: ShmRing) -> tuple[int, int]:
+    """(gen, slot_bytes) of the data generation the writer writes to now."""
+    assert ring._ctrl.view is not None
+    q = ring._ctrl.view.cast("Q")
+    try:
+        return q[_CUR_GEN // 8], q[_CUR_SLOT_BYTES // 8]
+    finally:
+        q.release()
+
+
+def _maps_generation(pid: int, name: str, gen: int) -> bool:
+    with open(f"/proc/{pid}/maps") as f:
+        return f"raycg:{name}.data.{gen} " in f.read() + " "
+
+
+@pytest.mark.parametrize("small", [7, np.arange(4)], ids=["c-core-plain", "python-buffers"])
+def test_grown_slots_shrink_back_while_a_zero_copy_value_of_the_big_one_is_held(small: object) -> None:
+    with ShmRing(8, 1, slot_bytes=65536, name="shrink") as ring:
+        reader = ring.open_reader(0)
+        with Peer(ring.spec, "writer", shrink_after=4) as writer:
+            big = big_array(1 << 20, 9)
+            writer.call("write", big)
+            held = reader.read()  # zero copy: it pins its slot of generation 1
+            assert _current_generation(ring)[0] == 1
+            writer.call("write_many", [small] * 3)
+            assert _current_generation(ring)[0] == 1  # 3 small values: not yet
+            writer.call("write_many", [small])
+            assert _current_generation(ring) == (2, 65536)  # the 4th: back to the original size
+            for _ in range(4):
+                np.testing.assert_array_equal(reader.read(), small)  # type: ignore[arg-type]
+            # The reader moved to generation 2 and let go of its own mapping of 1; the
+            # held value keeps the one it points into.
+            np.testing.assert_array_equal(held, big)
+            assert _maps_generation(writer.pid, "shrink", 1)  # a value in it is unreleased
+            del held
+            writer.call("write", "after the drop")
+            assert reader.read() == "after the drop"
+            assert not _maps_generation(writer.pid, "shrink", 1)  # freed once released
+            assert not _maps_generation(os.getpid(), "shrink", 1)
+        reader.close()
+
+
+def test_shrink_after_counts_consecutive_values_only() -> None:
+    with ShmRing(4, 1, slot_bytes=4096, name="noshrink") as ring:
+        writer, reader = ring.open_writer(shrink_after=3), ring.open_reader(0)
+        writer.write(b"x" * 10_000)  # grows
+        for value in [1, 2, b"y" * 10_000, 3, 4]:  # the big one in the middle resets the count
+            writer.write(value)
+            reader.read()
+        reader.read()
+        assert _current_generation(ring)[0] == 1
+        writer.write(5)
+        assert _current_generation(ring) == (2, 4096)
+        assert reader.read() == 5
+        writer.close()
+        reader.close()

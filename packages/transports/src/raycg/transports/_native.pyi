@@ -15,6 +15,7 @@ class WriterCore:
     seq: int
     min_released: int
     fast: bool
+    small_run: int
     def __init__(
         self,
         ctrl_keep: object,
@@ -35,6 +36,7 @@ class WriterCore:
     def publish(self) -> None: ...
     def min_released_now(self) -> int: ...
     def detach(self) -> None: ...
+    def set_shrink(self, shrink_bytes: int, shrink_after: int, /) -> None: ...
 
 class ReaderCore:
     next: int

@@ -16,6 +16,11 @@ typedef struct {
     int fast;            /* 0: every write takes the Python path (old generations, faults) */
     int64_t spin_ns, pure_ns;
     uint64_t want;       /* what spin() waits for: every reader released below it */
+    /* Shrinking (see _shm_writer.py): while the slots are grown, shrink_bytes is the
+     * original slot size (else 0), and small_run counts the consecutive values that
+     * would fit it; the value that would make it shrink_after goes to the Python path,
+     * which moves to a generation of the original size. */
+    uint64_t shrink_bytes, small_run, shrink_after;
 } WriterCore;
 
 static uint64_t writer_min_released(WriterCore *w) {
@@ -124,6 +129,14 @@ static int writer_has_room(WriterCore *w) {
 static int writer_put_meta(WriterCore *w, PyObject *meta) {
     uint64_t seq = w->seq, len = (uint64_t)PyBytes_GET_SIZE(meta);
     if (len > w->slot_bytes) return 0;
+    if (w->shrink_bytes) {
+        if (len > w->shrink_bytes)
+            w->small_run = 0;
+        else if (w->small_run + 1 >= w->shrink_after)
+            return 0; /* the Python path counts this one and shrinks */
+        else
+            w->small_run += 1;
+    }
     uint64_t base = writer_pick_region(w) * w->slot_bytes;
     memcpy(w->data + base, PyBytes_AS_STRING(meta), len);
     uint64_t *rec = (uint64_t *)(w->ctrl + w->slots_off + LINE * (seq % w->nslots));
@@ -228,6 +241,25 @@ static PyObject *WriterCore_get_min_released(WriterCore *self, void *c) {
     return PyLong_FromUnsignedLongLong(self->min_released);
 }
 static PyObject *WriterCore_get_fast(WriterCore *self, void *c) { return PyBool_FromLong(self->fast); }
+static PyObject *WriterCore_get_small_run(WriterCore *self, void *c) {
+    return PyLong_FromUnsignedLongLong(self->small_run);
+}
+static int WriterCore_set_small_run(WriterCore *self, PyObject *v, void *c) {
+    unsigned long long n = v == NULL ? 0 : PyLong_AsUnsignedLongLong(v);
+    if (PyErr_Occurred()) return -1;
+    self->small_run = n;
+    return 0;
+}
+
+/* set_shrink(shrink_bytes, shrink_after): see the struct; shrink_bytes 0 turns it off. */
+static PyObject *WriterCore_set_shrink(WriterCore *self, PyObject *args) {
+    unsigned long long shrink_bytes, shrink_after;
+    if (!PyArg_ParseTuple(args, "KK", &shrink_bytes, &shrink_after)) return NULL;
+    self->shrink_bytes = shrink_after ? shrink_bytes : 0;
+    self->shrink_after = shrink_after;
+    self->small_run = 0;
+    Py_RETURN_NONE;
+}
 static int WriterCore_set_fast(WriterCore *self, PyObject *v, void *c) {
     int on = v == NULL ? 0 : PyObject_IsTrue(v);
     if (on < 0) return -1;
@@ -245,12 +277,15 @@ static PyMethodDef WriterCore_methods[] = {
     {"note_region", (PyCFunction)WriterCore_note_region, METH_VARARGS, NULL},
     {"min_released_now", (PyCFunction)WriterCore_min_released_now, METH_NOARGS, NULL},
     {"detach", (PyCFunction)WriterCore_detach, METH_NOARGS, NULL},
+    {"set_shrink", (PyCFunction)WriterCore_set_shrink, METH_VARARGS, NULL},
     {NULL}};
 
 static PyGetSetDef WriterCore_getset[] = {
     {"seq", (getter)WriterCore_get_seq, NULL, "values published so far", NULL},
     {"min_released", (getter)WriterCore_get_min_released, NULL, "last seen min released_seq", NULL},
     {"fast", (getter)WriterCore_get_fast, (setter)WriterCore_set_fast, "fast path allowed", NULL},
+    {"small_run", (getter)WriterCore_get_small_run, (setter)WriterCore_set_small_run,
+     "consecutive values that fit the original slot size", NULL},
     {NULL}};
 
 PyTypeObject WriterCoreType = {

@@ -290,8 +290,9 @@ class ShmRingReader(_Endpoint):
 
     def _map_generation(self, gen: int, pid: int, fd: int, slot_bytes: int) -> Segment:
         seg = Segment.open(pid, fd, self.spec.nslots * slot_bytes)
-        # Values are written in seq order and generations only grow, so no later read
-        # needs an older generation: unmap them (pinned values keep their own mapping).
+        # Values are written in seq order and generation numbers only increase (their
+        # slots grow, and shrink back), so no later read needs an older generation:
+        # unmap them (pinned values keep their own mapping, through their Pin).
         for old in [g for g in self._gens if g < gen]:
             self._gens.pop(old).close()
         self._gens[gen] = seg

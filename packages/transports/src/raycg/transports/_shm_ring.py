@@ -7,7 +7,9 @@ Memory. Two kinds of segment (see _segment.py: memfds, never named in /dev/shm):
   fit, the writer creates a bigger data segment (a new *generation*) and writes from
   then on there; every slot record says which generation holds its bytes, so readers
   follow, and the writer frees an old generation once every reader released every
-  value in it.
+  value in it. After ``shrink_after`` consecutive values that fit the original size,
+  the writer moves to a new generation of that size (_shm_writer.py): generation
+  numbers only increase, sizes grow and shrink back.
 
 Control segment (u64 = 8 bytes, u32 = 4 bytes; every line is 64 bytes so that the
 fields of different processes do not share a cache line; the exceptions, the futex

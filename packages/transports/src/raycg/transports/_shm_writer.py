@@ -8,6 +8,17 @@ is written by the C core in one call (_native.WriterCore.try_write), and any val
 pickles without out-of-band buffers once _serde has pickled it (try_write_meta).
 Everything else takes the Python path here; the core holds the state both share (seq,
 the current generation, which region holds which value).
+
+Growth and shrinking. A value larger than the slots moves the writer to a bigger
+generation; once ``shrink_after`` consecutive values fit the original slot size again,
+it moves to a new generation of that size, and the grown one is freed as soon as every
+reader released every value in it (a zero-copy value still held keeps its readers'
+mapping of it, not the writer's). Why DEFAULT_SHRINK_AFTER = 32: shrinking costs a new
+mapping in every process (tens of µs), and a stream that comes back to large values
+pays for it with a fresh grown generation, whose pages fault in again on the next large
+value (about one extra copy of that value). Every 32 values at most, that is a few
+percent of what the large value costs anyway; and a one-off huge value gives its
+memory back within 32 values.
 """
 
 from __future__ import annotations
@@ -50,6 +61,10 @@ from ._shm_ring import (
     _slots_offset,
 )
 
+# Consecutive values that fit the original slot size after which grown slots shrink
+# back to it (the module docstring says why 32).
+DEFAULT_SHRINK_AFTER = 32
+
 
 def _slot_layout(meta_len: int, raws: list[memoryview]) -> tuple[list[int], int]:
     """Where each buffer goes in a slot (offsets from its start), and the bytes it needs.
@@ -68,7 +83,12 @@ def _slot_layout(meta_len: int, raws: list[memoryview]) -> tuple[list[int], int]
 
 
 class ShmRingWriter(_Endpoint):
-    """The write end. One per ring, in any process of the node."""
+    """The write end. One per ring, in any process of the node.
+
+    Args:
+        shrink_after: grown slots shrink back to their original size once this many
+            consecutive values fit it (0: never).
+    """
 
     def __init__(
         self,
@@ -76,14 +96,19 @@ class ShmRingWriter(_Endpoint):
         *,
         spin_s: float = DEFAULT_SPIN_S,
         liveness_interval_s: float = DEFAULT_LIVENESS_INTERVAL_S,
+        shrink_after: int = DEFAULT_SHRINK_AFTER,
     ):
+        if shrink_after < 0:
+            raise ValueError(f"shrink_after must be >= 0, got {shrink_after}")
         super().__init__(spec, spin_s, liveness_interval_s)
+        self._shrink_after = shrink_after
         q, i = self._ctrl.q, self._ctrl.i
         i[_WRITER_PID // 4] = os.getpid()
         q[_WRITER_START // 8] = _liveness.process_start_time(os.getpid()) or 0
         self._gen = q[_CUR_GEN // 8]
         self._data = Segment.open(q[_CUR_PID // 8], q[_CUR_FD // 8], spec.nslots * q[_CUR_SLOT_BYTES // 8])
         self._slot_bytes = q[_CUR_SLOT_BYTES // 8]
+        self._base_slot_bytes = self._slot_bytes  # what grown slots shrink back to
         # Older generations still referenced by unreleased slots: (gen, last_seq, segment).
         self._old: list[tuple[int, int, Segment]] = []
         self._released_offs = [(_READERS + _LINE * r + _R_RELEASED) // 8 for r in range(spec.nreaders)]
@@ -144,6 +169,8 @@ class ShmRingWriter(_Endpoint):
         offsets, total = _slot_layout(len(meta), raws)
         if total > self._slot_bytes:
             self._grow(total)
+        elif self._slot_bytes > self._base_slot_bytes:
+            self._count_toward_shrink(total)
         q = self._ctrl.q
         q[_WRITING // 8] = seq + 1  # a reader waiting for seq spins through our copy
         try:
@@ -239,7 +266,23 @@ class ShmRingWriter(_Endpoint):
 
     def _grow(self, total: int) -> None:
         """Move to a new data generation whose slots hold ``total`` bytes."""
-        slot_bytes = round_up(max(2 * self._slot_bytes, total), PAGE_BYTES)
+        self._new_generation(round_up(max(2 * self._slot_bytes, total), PAGE_BYTES))
+
+    def _count_toward_shrink(self, total: int) -> None:
+        """Count a value of ``total`` bytes written to grown slots (the core counts
+        those it writes); the ``shrink_after``-th in a row that fits the original slot
+        size moves to a generation of that size."""
+        core = self._core
+        if self._shrink_after == 0 or total > self._base_slot_bytes:
+            core.small_run = 0
+        elif core.small_run + 1 >= self._shrink_after:
+            self._new_generation(self._base_slot_bytes)
+        else:
+            core.small_run += 1
+
+    def _new_generation(self, slot_bytes: int) -> None:
+        """Write from now on to a new generation with slots of ``slot_bytes``; the
+        current one is freed once every value in it is released."""
         gen = self._gen + 1
         seg = Segment.create(self.spec.nslots * slot_bytes, f"{self.spec.name}.data.{gen}")
         self._old.append((self._gen, self._core.seq - 1, self._data))
@@ -248,6 +291,8 @@ class ShmRingWriter(_Endpoint):
         q = self._ctrl.q
         q[_CUR_GEN // 8], q[_CUR_PID // 8], q[_CUR_FD // 8] = gen, seg.pid, seg.fd
         q[_CUR_SLOT_BYTES // 8] = slot_bytes
+        grown = slot_bytes > self._base_slot_bytes
+        self._core.set_shrink(self._base_slot_bytes if grown else 0, self._shrink_after)
 
     def _note_regions_in_use(self, write_seq: int) -> None:
         """Tell the core which regions hold the values already in the ring (a writer
