@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 
@@ -178,6 +179,93 @@ def test_wrong_number_of_returns_fails_that_execution_only(actors: list, bad: ob
             with pytest.raises(RayTaskError, match=r"Expected 2 outputs, but got"):
                 ray.get(ref)
         assert ray.get(g.execute((1, 2))) == [1, 2]  # the graph keeps running
+    finally:
+        g.teardown()
+
+
+class FailsToUnpickle:
+    """Pickles fine; unpickling it raises ValueError (int("boom"))."""
+
+    def __reduce__(self) -> tuple:
+        return (int, ("boom",))
+
+
+@ray.remote(num_cpus=0)
+class Raiser:
+    def raise_(self, kind: str) -> object:
+        if kind == "unpicklable":
+            return FailsToUnpickle()
+        if kind == "exit":
+            raise SystemExit(3)
+        if kind == "interrupt":
+            raise KeyboardInterrupt
+        return kind
+
+
+@pytest.fixture(scope="module")
+def raiser(ray_local: None) -> Iterator[object]:
+    handle = Raiser.remote()
+    yield handle
+    ray.kill(handle)
+
+
+def assert_ours_never_leak(e: BaseException) -> None:
+    """The exception a caller sees is Ray's or Python's, never raycg's own classes."""
+    for cls in type(e).__mro__:
+        assert not cls.__module__.startswith("raycg"), f"{type(e).__name__} derives from {cls}"
+
+
+@pytest.mark.parametrize("kind", ["exit", "interrupt"])
+def test_a_method_raising_base_exception_fails_that_execution_only(raiser: object, kind: str) -> None:
+    with InputNode() as inp:
+        g = raycg.compile(raiser.raise_.bind(inp), get_timeout=-1)
+    try:
+        with pytest.raises(RayTaskError) as info:
+            ray.get(g.execute(kind))
+        assert_ours_never_leak(info.value)
+        assert isinstance(info.value.cause, (SystemExit, KeyboardInterrupt))
+        assert ray.get(g.execute("fine")) == "fine"  # the graph keeps running
+    finally:
+        g.teardown()
+
+
+def test_an_input_that_cannot_be_unpickled_fails_that_execution_only(actors: list) -> None:
+    a, b = actors[:2]
+    with InputNode() as inp:  # a reads the input and fails to unpickle it
+        g = raycg.compile(MultiOutputNode([b.echo.bind(a.echo.bind(inp)), a.inc.bind(inp)]), get_timeout=-1)
+    try:
+        for ref in g.execute(FailsToUnpickle()):
+            with pytest.raises(RayTaskError, match="boom") as info:
+                ray.get(ref)
+            assert_ours_never_leak(info.value)
+        assert ray.get(g.execute(5)) == [5, 6]  # the graph keeps running, in step
+    finally:
+        g.teardown()
+
+
+def test_a_result_that_cannot_be_unpickled_fails_that_execution_only(raiser: object, actors: list) -> None:
+    with InputNode() as inp:  # the driver fails to unpickle what raiser returns
+        dag = MultiOutputNode([raiser.raise_.bind(inp), actors[0].echo.bind(inp)])
+    g = raycg.compile(dag, get_timeout=-1)
+    try:
+        bad, good = g.execute("unpicklable")
+        with pytest.raises(RayTaskError, match="boom") as info:
+            ray.get(bad)
+        assert_ours_never_leak(info.value)
+        assert ray.get(good) == "unpicklable"
+        assert ray.get(g.execute("x")) == ["x", "x"]  # the graph keeps running, in step
+    finally:
+        g.teardown()
+
+
+def test_an_unserializable_input_is_a_plain_type_error(actors: list) -> None:
+    with InputNode() as inp:
+        g = raycg.compile(actors[0].echo.bind(inp))
+    try:
+        with pytest.raises(TypeError) as info:
+            g.execute(threading.Lock())  # a lock does not pickle
+        assert_ours_never_leak(info.value)
+        assert ray.get(g.execute(1)) == 1
     finally:
         g.teardown()
 

@@ -23,6 +23,7 @@ from raycg.transports import (
     Channel,
     ChannelBroken,
     ChannelClosed,
+    ChannelError,
     InprocRing,
     ShmRingSpec,
     ValueNotSerializable,
@@ -188,7 +189,7 @@ class Executor:
     def _run_once(self, vals: list[Any]) -> None:
         for task in self.tasks:
             for idx, read in task.reads:
-                vals[idx] = read(None)
+                vals[idx] = self._read(read, task)
             result = None
             for idx in task.input_idx:
                 if isinstance(vals[idx], RayTaskError):
@@ -201,6 +202,19 @@ class Executor:
         for i in range(self.nvals):
             vals[i] = None  # do not pin zero-copy inputs between executions
 
+    def _read(self, read: Callable[[float | None], Any], task: _Task) -> Any:
+        """The next value of a channel. A value that fails to unpickle here (its slot is
+        consumed all the same, so the channel stays in step) is this execution's
+        failure, passed downstream like a method's; channel faults end the loop."""
+        try:
+            return read(None)
+        except ChannelError:
+            raise
+        except Exception as e:
+            err = TypeError(f"{task.display}: an input could not be deserialized: {type(e).__name__}: {e}")
+            err.__cause__ = e
+            return _errors.wrap_task_error(err, task.display, self.actor_repr, self.actor_id)
+
     def _call(self, task: _Task, vals: list[Any]) -> Any:
         try:
             args = [g(vals) for g in task.getters]
@@ -210,7 +224,7 @@ class Executor:
             if task.num_returns > 1:
                 _check_num_returns(result, task.num_returns, task.display)
             return _NONE if result is None else result
-        except Exception as e:
+        except BaseException as e:  # SystemExit, KeyboardInterrupt too: the user's code raised them
             task.stats.errors += 1
             return _errors.wrap_task_error(e, task.display, self.actor_repr, self.actor_id)
 

@@ -27,6 +27,7 @@ from raycg.transports import (
     ChannelTimeout,
     ShmRingWriter,
     SlotPinned,
+    ValueNotSerializable,
     deadline_after,
     open_reader,
     open_writer,
@@ -107,6 +108,9 @@ class CompiledGraph:
         weakref.finalize(self, self._res.close)  # dropped without teardown: stop executors
         try:
             self._setup()
+        except ChannelError as e:  # ours never reach the caller unmapped
+            self.teardown(reason="setup failed")
+            raise _errors.to_ray_error(e, f"setting up {self._name}") from e
         except BaseException:
             self.teardown(reason="setup failed")
             raise
@@ -195,9 +199,9 @@ class CompiledGraph:
             results.drain_one(deadline, self._next_exec, self._max_inflight)
         try:
             self._input.write((args, kwargs), remaining(deadline))
+        except ValueNotSerializable as e:  # nothing was sent; a plain TypeError, as Ray's
+            raise TypeError(f"execute on {self._name}: {e}") from None
         except ChannelError as e:
-            if isinstance(e, TypeError):  # ValueNotSerializable: nothing was sent
-                raise
             raise self._fault(e, "execute") from e
         idx = self._next_exec
         self._next_exec += 1

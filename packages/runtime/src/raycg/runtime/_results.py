@@ -165,7 +165,7 @@ class Results:
             while len(partial) < len(self._readers):
                 reader = self._readers[len(partial)]
                 self._check_not_pinned_by_us(reader, len(partial))
-                partial.append(reader.read(remaining(deadline), copy=copy))
+                partial.append(self._read_value(reader, deadline, copy))
         except ChannelError as e:
             raise self._fault(e, what) from e
         try:
@@ -186,6 +186,18 @@ class Results:
             value = row[take]
             self._take(idx, take)
             return value
+
+    def _read_value(self, reader: ShmRingReader, deadline: float, copy: bool) -> Any:
+        """The next value of one output ring. One that fails to unpickle here (its slot
+        is consumed all the same, so the rings stay in step) is that output's failure."""
+        try:
+            return reader.read(remaining(deadline), copy=copy)
+        except ChannelError:
+            raise
+        except Exception as e:
+            err = TypeError(f"a result could not be deserialized by the caller: {type(e).__name__}: {e}")
+            err.__cause__ = e
+            return wrap_task_error(err, f"{reader.spec.name}", self._name)
 
     def _output(self, out: int, value: Any, steps: tuple[Step, ...]) -> Any:
         """Output ``out`` of a channel value. The executor checks that a task returns
