@@ -1,10 +1,9 @@
-"""assign_transports: INPROC on one actor, SHM on one node, cross-node edges refused."""
+"""assign_transports: INPROC on one actor, SHM on one node, GRPC across nodes."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from compiler_helpers import compile_debug
 from ray.dag import InputNode, MultiOutputNode
 
@@ -52,20 +51,27 @@ def _two_node_graph(a_node: str, b_node: str, driver_node: str) -> Graph:
     return graph
 
 
-def test_cross_node_edge_is_refused_naming_both_ends() -> None:
+def test_an_edge_across_nodes_is_grpc() -> None:
     graph = _two_node_graph("node-1", "node-2", "node-1")
-    with pytest.raises(ValueError, match="cross-node edges are not supported yet") as info:
-        assign_transports(graph)
-    message = str(info.value)
-    assert message.startswith("Echo.first -> Echo.second:")
-    assert "actor Echo(aaaaaa) runs on node node-1" in message
-    assert "actor Echo(bbbbbb) on node node-2" in message
+    assign_transports(graph)
+    graph.lint()
+    inp, a, b, _ = graph.nodes
+    assert (_transports(inp), _transports(a), _transports(b)) == (
+        {"a": Transport.SHM},
+        {"b": Transport.GRPC},
+        {"out": Transport.GRPC},  # b runs on node-2, the driver on node-1
+    )
 
 
-def test_driver_on_another_node_is_refused() -> None:
+def test_driver_on_another_node_reaches_both_actors_by_grpc() -> None:
     graph = _two_node_graph("node-2", "node-2", "node-1")
-    with pytest.raises(ValueError, match="the driver runs on node node-1"):
-        assign_transports(graph)
+    assign_transports(graph)
+    inp, a, b, _ = graph.nodes
+    assert (_transports(inp), _transports(a), _transports(b)) == (
+        {"a": Transport.GRPC},
+        {"b": Transport.SHM},
+        {"out": Transport.GRPC},
+    )
 
 
 def test_one_node_hand_built() -> None:

@@ -10,6 +10,9 @@ import ray
 from compiler_helpers import OPTIONS, compile_debug
 from ray.dag import InputNode, MultiOutputNode
 
+from raycg.compiler import run_passes
+from raycg.compiler._emit import emit_plan
+from raycg.compiler.ir import Actor, FirstArg, Graph, Node, Ref
 from raycg.proto import ArgPlan, Participant, Plan, Projection, Transport
 
 
@@ -181,3 +184,62 @@ def test_each_compile_is_a_fresh_graph(actors: list[Any]) -> None:
     with InputNode() as inp:
         dag = actors[0].echo.bind(inp)
     assert compile_debug(dag).plan.graph_id != compile_debug(dag).plan.graph_id
+
+
+def _three_node_graph() -> Graph:
+    """inp -> a (node-1) -> b (node-2), c (node-3, reads inp too) -> a2 (node-1) -> driver."""
+    graph = Graph(OPTIONS)
+    graph.driver_node_id = "node-1"
+    actors = [Actor(ch * 32, "Echo", f"echo{i}", None, node_id=f"node-{n}") for i, (ch, n) in enumerate(
+        [("a", 1), ("b", 2), ("c", 3)]
+    )]  # fmt: skip
+    a, b, c = actors
+    inp = graph.add_node(Node("inp", "input", "InputNode"))
+    x = graph.add_node(Node("echo0_echo", "call", "Echo.echo", a, "echo", args=[Ref(inp, (FirstArg(),))]))
+    y = graph.add_node(Node("echo1_echo", "call", "Echo.echo", b, "echo", args=[Ref(x)]))
+    z = graph.add_node(
+        Node("echo2_echo", "call", "Echo.echo", c, "echo", args=[Ref(x), Ref(inp, (FirstArg(),))])
+    )
+    w = graph.add_node(Node("echo0_add", "call", "Echo.add", a, "add", args=[Ref(x), Ref(y), Ref(z)]))
+    graph.add_node(Node("out", "output", "output", args=[Ref(w), Ref(y)], meta={"multi_output": True}))
+    for actor in actors:
+        graph.actors[actor.actor_id] = actor
+    return graph
+
+
+def test_cross_node_edges_get_one_grpc_channel_per_producer() -> None:
+    graph = _three_node_graph()
+    run_passes(graph, debug=True)
+    plan = emit_plan(graph)
+    names = {"a" * 32: "a", "b" * 32: "b", "c" * 32: "c"}
+    assert _channels(plan, names) == [
+        "ch0 SHM driver -> a slots=10",
+        "ch1 GRPC driver -> c slots=10",
+        "ch2 GRPC a -> b,c slots=10",  # read on node-2 and node-3: one channel, grouped by node
+        "ch3 INPROC a -> a slots=1",
+        "ch4 GRPC b -> a,driver slots=10",
+        "ch5 GRPC c -> a slots=10",
+        "ch6 SHM a -> driver slots=10",
+    ]
+    assert plan.driver_node_id == "node-1"
+    assert [(p.actor_label, p.node_id) for p in plan.actors] == [
+        ("Echo(aaaaaa)", "node-1"),
+        ("Echo(bbbbbb)", "node-2"),
+        ("Echo(cccccc)", "node-3"),
+    ]
+    assert list(plan.input_channel_ids) == ["ch0", "ch1"] and plan.input_channel_id == "ch0"
+    assert str(graph).splitlines()[1:4] == [
+        "%echo0_echo = call[echo0.echo](%inp)  transport=grpc,inproc slots=10,1",
+        "%echo1_echo = call[echo1.echo](%echo0_echo)  transport=grpc slots=10",
+        "%echo2_echo = call[echo2.echo](%echo0_echo, %inp)  transport=grpc slots=10",
+    ]
+
+
+def test_an_input_read_only_on_other_nodes_goes_out_by_grpc_alone() -> None:
+    graph = _three_node_graph()
+    graph.driver_node_id = "node-2"
+    run_passes(graph, debug=True)
+    plan = emit_plan(graph)
+    names = {"a" * 32: "a", "b" * 32: "b", "c" * 32: "c"}
+    assert _channels(plan, names)[0] == "ch0 GRPC driver -> a,c slots=10"
+    assert list(plan.input_channel_ids) == ["ch0"] and plan.input_channel_id == "ch0"

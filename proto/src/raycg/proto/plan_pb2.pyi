@@ -133,7 +133,7 @@ class Options(_message.Message):
     def __init__(self, submit_timeout_s: _Optional[float] = ..., get_timeout_s: _Optional[float] = ..., buffer_size_bytes: _Optional[int] = ..., max_inflight_executions: _Optional[int] = ..., max_buffered_results: _Optional[int] = ..., enable_asyncio: _Optional[bool] = ..., overlap_gpu_communication: _Optional[bool] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("graph_id", "options", "channels", "actors", "input_channel_id", "outputs", "multi_output")
+    __slots__ = ("graph_id", "options", "channels", "actors", "input_channel_id", "outputs", "multi_output", "driver_node_id", "input_channel_ids")
     GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,8 @@ class Plan(_message.Message):
     INPUT_CHANNEL_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     MULTI_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUT_CHANNEL_IDS_FIELD_NUMBER: _ClassVar[int]
     graph_id: str
     options: Options
     channels: _containers.RepeatedCompositeFieldContainer[ChannelPlan]
@@ -148,7 +150,9 @@ class Plan(_message.Message):
     input_channel_id: str
     outputs: _containers.RepeatedCompositeFieldContainer[OutputPlan]
     multi_output: bool
-    def __init__(self, graph_id: _Optional[str] = ..., options: _Optional[_Union[Options, _Mapping]] = ..., channels: _Optional[_Iterable[_Union[ChannelPlan, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorPlan, _Mapping]]] = ..., input_channel_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputPlan, _Mapping]]] = ..., multi_output: _Optional[bool] = ...) -> None: ...
+    driver_node_id: str
+    input_channel_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, graph_id: _Optional[str] = ..., options: _Optional[_Union[Options, _Mapping]] = ..., channels: _Optional[_Iterable[_Union[ChannelPlan, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorPlan, _Mapping]]] = ..., input_channel_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputPlan, _Mapping]]] = ..., multi_output: _Optional[bool] = ..., driver_node_id: _Optional[str] = ..., input_channel_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ShmEndpoint(_message.Message):
     __slots__ = ("channel_id", "pid", "ctrl_fd", "num_slots", "num_readers", "reader_index")

@@ -46,7 +46,7 @@ def compile_plan(
     Raises:
         NotImplementedError: a function task (or another unsupported node), named.
         ValueError: a DAG that cannot be compiled (see API.md), naming the node; a dead
-            actor; an edge across nodes.
+            actor; a bind order that would deadlock, naming its tasks.
         TypeError: ``dag`` is not a DAG node.
     """
     graph = read_dag(dag)

@@ -1,11 +1,13 @@
 """IR (after the passes) -> ``raycg.proto.Plan``, the compiler's only output.
 
-Channels: one input channel (the driver writes ``(args, kwargs)``; every actor with a task
-reading the input reads it), then per task result one channel per transport its edges
-need: SHM, read by each other actor that consumes it and by the driver if it is a graph
-output; INPROC, read by the task's own actor. A reader is a participant, not a task: an
-actor reads a channel once per execution, at its first task that needs it, and shares
-the value among its tasks; ``TaskPlan.inputs`` lists what each task needs.
+Channels: per value (the input, which the driver writes as ``(args, kwargs)``, and each
+task's result) one channel per transport its edges need: SHM, read by each other
+participant on the writer's Ray node that consumes it (the driver too, for a graph
+output); GRPC, read by each participant on another node; INPROC, read by the task's own
+actor. The Plan records the driver's node and each actor's (``ActorPlan.node_id``), so
+that the runtime can group a GRPC channel's readers by node. A reader is a participant,
+not a task: an actor reads a channel once per execution, at its first task that needs
+it, and shares the value among its tasks; ``TaskPlan.inputs`` lists what each task needs.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from raycg.proto import (
 from . import ir
 from .ir import Graph, Node
 
-_CHANNEL_KINDS = (Transport.SHM, Transport.INPROC)
+_CHANNEL_KINDS = (Transport.SHM, Transport.GRPC, Transport.INPROC)
 
 
 def emit_plan(graph: Graph) -> Plan:
@@ -45,7 +47,11 @@ def emit_plan(graph: Graph) -> Plan:
 class _Emitter:
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
-        self.plan = Plan(graph_id=uuid.uuid4().hex, multi_output=bool(graph.output_node.meta["multi_output"]))
+        self.plan = Plan(
+            graph_id=uuid.uuid4().hex,
+            multi_output=bool(graph.output_node.meta["multi_output"]),
+            driver_node_id=graph.driver_node_id or "",
+        )
         self.plan.options.CopyFrom(graph.options)
         self.channel_ids: dict[tuple[Node, Transport.ValueType], str] = {}
 
@@ -54,7 +60,9 @@ class _Emitter:
             if node.op != "output":
                 self._add_channels(node)
         (inp,) = self.graph.nodes_of("input")
-        self.plan.input_channel_id = self.channel_ids[(inp, Transport.SHM)]
+        inputs = [self.channel_ids[(inp, k)] for k in _CHANNEL_KINDS if (inp, k) in self.channel_ids]
+        self.plan.input_channel_ids.extend(inputs)
+        self.plan.input_channel_id = inputs[0]
         for actor_id, tasks in self.graph.meta["schedule"].items():
             self.plan.actors.append(self._actor_plan(actor_id, tasks))
         self.plan.outputs.extend(self._output_plan(ref) for ref in self.graph.output_node.refs())

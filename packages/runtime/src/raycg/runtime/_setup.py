@@ -9,7 +9,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import RayChannelError
 
-from raycg.proto import ActorSetup, ActorStatus, ChannelPlan, Plan, ShmEndpoint, Transport
+from raycg.proto import ActorSetup, ActorStatus, ChannelPlan, Participant, Plan, ShmEndpoint, Transport
 from raycg.transports import ShmRing
 
 from ._actor import setup_actor
@@ -39,8 +39,39 @@ class Resources:
         self.rings.clear()
 
 
+def refuse_unsupported(plan: Plan) -> None:
+    """What the compiler plans but this runtime cannot run yet, refused before anything is
+    created: the one place such refusals live (create_rings calls it first).
+
+    Raises:
+        NotImplementedError: a GRPC channel (an edge across Ray nodes), naming the edge
+            and both nodes.
+    """
+    nodes = {a.actor_id: (a.actor_label, a.node_id) for a in plan.actors}
+
+    def where(p: Participant) -> str:
+        if p.WhichOneof("kind") == "driver":
+            return f"the driver (node {plan.driver_node_id})"
+        label, node_id = nodes.get(p.actor_id, (p.actor_id, "?"))
+        return f"actor {label} (node {node_id})"
+
+    for ch in plan.channels:
+        if ch.transport == Transport.GRPC:
+            readers = ", ".join(where(r) for r in ch.readers)
+            raise NotImplementedError(
+                f"{ch.label or ch.channel_id}: this edge crosses Ray nodes, from {where(ch.writer)} "
+                f"to {readers}, and raycg.runtime has no cross-node (gRPC) channel yet; place "
+                "the graph's actors on the driver's node (e.g. NodeAffinitySchedulingStrategy)"
+            )
+
+
 def create_rings(plan: Plan, res: Resources) -> dict[str, list[ShmEndpoint]]:
-    """Create the plan's shared-memory rings; return each actor's endpoints."""
+    """Create the plan's shared-memory rings; return each actor's endpoints.
+
+    Raises:
+        NotImplementedError: see refuse_unsupported.
+    """
+    refuse_unsupported(plan)
     endpoints: dict[str, list[ShmEndpoint]] = {}
     for ch in plan.channels:
         if ch.transport == Transport.SHM:
