@@ -157,6 +157,25 @@ def test_held_zero_copy_results_fail_execute_at_once_naming_the_value(fresh: lis
     g.teardown()
 
 
+def test_fetched_siblings_leave_no_zero_copy_value_in_the_buffer(actors: list) -> None:
+    # Getting output 0 of each execution reads output 1 too, into the buffer: copied
+    # there, not zero-copy, or the buffered values would pin every slot of its ring.
+    a, b = actors[:2]
+    with InputNode() as inp:
+        g = raycg.compile(
+            MultiOutputNode([a.echo.bind(inp), b.echo.bind(inp)]), max_inflight_executions=2, get_timeout=-1
+        )
+    try:
+        later = []
+        for i in range(6):  # three times the ring's slots
+            first, second = g.execute(np.full(1 << 16, i, dtype=np.int64))
+            assert int(ray.get(first)[0]) == i  # zero-copy, dropped at once
+            later.append(second)  # its value waits in the buffer
+        assert [int(ray.get(r)[0]) for r in later] == list(range(6))
+    finally:
+        g.teardown()
+
+
 def test_failed_branch_fails_only_its_own_ref(fresh: list) -> None:
     a, b = fresh[:2]
     with InputNode() as inp:

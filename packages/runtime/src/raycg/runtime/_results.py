@@ -10,8 +10,10 @@ asks, nobody waits longer than its own timeout, and nobody waits for a result th
 already buffered (waiting on a lock instead would let unfair hand-offs starve it).
 
 Pinning. A result read for the get that asked for it is handed over zero-copy. Results
-read on the way (earlier or later executions nobody asked for yet) are copied into the
-buffer, so the buffer itself never pins a ring slot.
+read on the way (earlier or later executions nobody asked for yet, and the other
+outputs of the execution asked for) are copied into the buffer, so the buffer itself
+never pins a ring slot. An output ring that carries several outputs of one task
+(``num_returns``) is copied too when one of them is asked for: its siblings are kept.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class Results:
         self._name = name
         self._readers = readers
         self._out_map = out_map  # output index -> (reader index, projections)
+        # output index -> its reader, if no other output reads that ring (else None)
+        rings = [c for c, _ in out_map]
+        self._sole_channel = [c if rings.count(c) == 1 else None for c in rings]
         self._max_buffered = max_buffered
         self._fault = fault
         self._closed = False
@@ -71,13 +76,13 @@ class Results:
                 return value
             try:
                 if idx == self.next_read:  # ours is next: read it, zero-copy, and take it
-                    return self._read_one(deadline, "get", copy=False, take=out)
+                    return self._read_one(deadline, "get", zero_copy=self._sole_channel[out], take=out)
                 if idx > self.next_read and len(self._rows) >= self._max_buffered:
                     raise RayCgraphCapacityExceeded(
                         f"{self._name}: {len(self._rows)} results buffered (max_buffered_results="
                         f"{self._max_buffered}); get earlier results before execution {idx}'s"
                     )
-                self._read_one(deadline, "get", copy=True)
+                self._read_one(deadline, "get")
             finally:
                 self._end_turn()
 
@@ -94,7 +99,7 @@ class Results:
                     f"results are buffered (max_buffered_results={self._max_buffered}); get some "
                     "results before executing more"
                 )
-            self._read_one(deadline, "execute", copy=True)
+            self._read_one(deadline, "execute")
         finally:
             self._end_turn()
 
@@ -155,9 +160,12 @@ class Results:
                 self._reader = None
             self._cond.notify_all()  # waiters re-check the buffer, and one may read next
 
-    def _read_one(self, deadline: float, what: str, copy: bool, take: int | None = None) -> Any:
+    def _read_one(
+        self, deadline: float, what: str, zero_copy: int | None = None, take: int | None = None
+    ) -> Any:
         """Read every output ring once for execution ``next_read`` (holding the token);
-        with ``take``, return that output of it (as taken) instead of buffering it."""
+        with ``take``, return that output of it (as taken) instead of buffering it.
+        Ring ``zero_copy`` alone is read without a copy (the one ``take`` reads alone)."""
         if self._closed:
             raise self._fault(ChannelClosed(f"{self._name} is torn down"), what)
         partial = self._partial
@@ -165,6 +173,7 @@ class Results:
             while len(partial) < len(self._readers):
                 reader = self._readers[len(partial)]
                 self._check_not_pinned_by_us(reader, len(partial))
+                copy = len(partial) != zero_copy  # only the ring of the value taken: zero-copy
                 partial.append(self._read_value(reader, deadline, copy))
         except ChannelError as e:
             raise self._fault(e, what) from e
