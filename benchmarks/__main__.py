@@ -20,6 +20,10 @@ BENCHMARKS = {
         "benchmarks.bench_graph",
         "Ray core vs Ray's Compiled Graph vs raycg: latency, throughput, compile, idle CPU",
     ),
+    "tensor": (
+        "benchmarks.bench_tensor",
+        "an 8 MiB CPU torch tensor vs the same bytes as numpy, echoed through the ring",
+    ),
     "stats": (
         "benchmarks.bench_stats",
         "what graph.stats() recording (on by default) costs per execution",

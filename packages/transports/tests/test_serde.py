@@ -6,12 +6,13 @@ import pickle
 import subprocess
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
 
 from raycg.transports import ValueNotSerializable
-from raycg.transports._serde import decode, describe, encode
+from raycg.transports._serde import decode, describe, encode, holds_tensors
 
 
 def round_trip(value: object) -> object:
@@ -85,47 +86,138 @@ def test_non_contiguous_array_goes_in_band() -> None:
     np.testing.assert_array_equal(decode(meta, []), a)
 
 
-def test_torch_tensors_round_trip() -> None:
+def _all_dtypes() -> list[object]:
     torch = pytest.importorskip("torch")
-    cases = [
-        torch.arange(12, dtype=torch.bfloat16).reshape(3, 4),
-        torch.arange(12, dtype=torch.float32).reshape(3, 4).t(),  # non-contiguous
-        torch.tensor(3, dtype=torch.int16),  # 0-d
-        torch.empty(0, 2),
-        torch.tensor([True, False]),
-    ]
-    for t in cases:
+    names = [
+        "bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64",
+        "float16", "bfloat16", "float32", "float64", "complex32", "complex64", "complex128",
+        "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu",
+    ]  # fmt: skip
+    return [getattr(torch, n) for n in names if hasattr(torch, n)]
+
+
+def _sample(torch: object, dtype: object, shape: tuple[int, ...]) -> object:
+    """A tensor of ``dtype`` with varied bytes (for dtypes torch has few ops for)."""
+    import torch as t
+
+    size = t.empty((), dtype=dtype).element_size()
+    n = 1
+    for d in shape:
+        n *= d
+    raw = (t.arange(n * size, dtype=t.int64) * 37 % 251).to(t.uint8)
+    if dtype == t.bool:
+        raw = raw % 2
+    return raw.view(dtype).reshape(shape)
+
+
+def _same(got: object, want: object) -> bool:
+    import torch
+
+    assert isinstance(got, torch.Tensor) and isinstance(want, torch.Tensor)
+    if (got.dtype, got.shape) != (want.dtype, want.shape):
+        return False
+    flat = want.detach().resolve_conj().resolve_neg().contiguous().reshape(-1)
+    return torch.equal(got.reshape(-1).view(torch.uint8), flat.view(torch.uint8))
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0), (5,), (4, 6)])
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_every_dtype_and_shape_round_trips(shape: tuple[int, ...]) -> None:
+    torch = pytest.importorskip("torch")
+    for dtype in _all_dtypes():
+        t = _sample(torch, dtype, shape)
+        for value in (t, [t], {"k": (t,)}):
+            meta, raws = encode(value)
+            for bufs in ([bytearray(r) for r in raws], [memoryview(r).toreadonly() for r in raws]):
+                got = decode(meta, bufs)
+                while not isinstance(got, torch.Tensor):
+                    got = got["k"][0] if isinstance(got, dict) else got[0]
+                assert _same(got, t), (dtype, shape, type(value))
+                assert got.is_contiguous() and not got.requires_grad
+
+
+def test_odd_tensors_arrive_equal_contiguous_and_without_grad() -> None:
+    torch = pytest.importorskip("torch")
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    cases = {
+        "transposed": base.t(),
+        "strided": base[:, ::2],
+        "expanded": torch.tensor([1.0, 2.0]).expand(3, 2),
+        "requires_grad": torch.ones(3, requires_grad=True) * 2,  # a non-leaf with grad_fn
+        "leaf_grad": torch.ones(3, requires_grad=True),
+        "conj": torch.tensor([1 + 2j, 3 - 4j]).conj(),
+        "neg": torch.tensor([1 + 2j]).conj().imag,  # a lazy negative view
+        "bf16_t": torch.arange(6, dtype=torch.bfloat16).reshape(2, 3).t(),
+    }
+    for name, t in cases.items():
         meta, raws = encode(t)
-        assert len(raws) == 1  # out of band, through a numpy view of its bytes
+        assert meta[:1] == b"T" and len(raws) == 1, name  # no pickle, bytes out of band
         got = decode(meta, [bytearray(r) for r in raws])
-        assert type(got) is torch.Tensor and got.dtype == t.dtype and got.shape == t.shape
-        assert torch.equal(got, t)
+        assert type(got) is torch.Tensor, name
+        assert torch.equal(got, t.detach().resolve_conj().resolve_neg()), name
+        assert got.is_contiguous() and not got.requires_grad, name
 
 
-def test_plain_tensor_skips_pickle() -> None:
+def test_tensors_at_any_depth_are_out_of_band_in_one_pickle() -> None:
     torch = pytest.importorskip("torch")
-    for t in (torch.arange(12, dtype=torch.float32).reshape(3, 4), torch.tensor(7, dtype=torch.int64)):
-        meta, raws = encode(t)
-        assert meta[:1] == b"T" and len(raws) == 1
-        got = decode(meta, [raws[0].toreadonly()])  # as a zero-copy read sees it
-        assert type(got) is torch.Tensor and got.dtype == t.dtype and got.shape == t.shape
-        assert torch.equal(got, t) and got.data_ptr() == t.data_ptr()  # no copy
-    for t in (
-        torch.ones(2, dtype=torch.bfloat16),  # numpy has no bfloat16
-        torch.ones(2, 3).t(),  # non-contiguous
-        torch.ones(2, dtype=torch.complex64).conj(),  # a conjugate view
-        torch.ones(0, 3),  # empty
-    ):
-        meta, raws = encode(t)
-        assert meta[:1] == b"\x80"  # the reducer's path
-        assert torch.equal(decode(meta, [bytearray(r) for r in raws]), t)
+    ts = [torch.full((1000,), float(i)) for i in range(5)]
+    value = {"a": (ts[0], [ts[1], {"deep": [(ts[2],)]}]), "b": [ts[3]], "c": (1, "x", ts[4]), "n": np.ones(3)}
+    meta, raws = encode(value)
+    assert meta[:1] == b"W" and holds_tensors(meta)
+    assert len(raws) == 6 and sum(r.nbytes for r in raws) == 5 * 4000 + 24  # bytes out of band
+    got = decode(meta, [bytearray(r) for r in raws])
+    assert torch.equal(got["a"][1][1]["deep"][0][0], ts[2]) and torch.equal(got["c"][2], ts[4])
+    assert got["c"][:2] == (1, "x") and np.array_equal(got["n"], np.ones(3))
 
 
-def test_tensors_that_need_torch_pickling_still_round_trip() -> None:
+def test_holds_tensors_only_for_values_with_tensors() -> None:
     torch = pytest.importorskip("torch")
-    t = torch.ones(3, requires_grad=True)  # autograd state: torch's own reduction
-    got = round_trip(t)
-    assert isinstance(got, torch.Tensor) and got.requires_grad and torch.equal(got, t)
+    assert holds_tensors(encode(torch.ones(2))[0]) and holds_tensors(encode([torch.ones(2)])[0])
+    for value in (np.ones(3), [np.ones(3)], {"a": 1}, 5):
+        assert not holds_tensors(encode(value)[0])
+
+
+def test_tensor_over_a_writable_buffer_is_zero_copy() -> None:
+    torch = pytest.importorskip("torch")
+    t = torch.arange(12, dtype=torch.float32)
+    meta, raws = encode(t)
+    buf = bytearray(raws[0])
+    got = decode(meta, [buf])
+    assert got.data_ptr() == np.frombuffer(buf, dtype=np.uint8).ctypes.data  # a view of buf
+    meta, raws = encode(t)
+    assert decode(meta, [raws[0]]).data_ptr() == t.data_ptr()  # no copy on the way
+
+
+def test_tensor_over_a_read_only_buffer_is_a_private_copy() -> None:
+    # torch has no read-only tensors: a view of read-only memory could be written
+    # through by an in-place op. The decoder copies instead, and torch does not warn.
+    torch = pytest.importorskip("torch")
+    t = torch.arange(12, dtype=torch.float32)
+    meta, raws = encode(t)
+    shared = bytearray(raws[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = decode(meta, [memoryview(shared).toreadonly()])
+    got.add_(1)  # changes the copy only
+    assert torch.equal(torch.frombuffer(shared, dtype=torch.float32), t)
+    assert torch.equal(got, t + 1)
+
+
+def test_arrays_over_read_only_buffers_stay_read_only() -> None:
+    meta, raws = encode(np.arange(10))
+    got = decode(meta, [memoryview(bytearray(raws[0])).toreadonly()])
+    assert not got.flags.writeable
+    with pytest.raises(ValueError, match="WRITEABLE"):
+        got.flags.writeable = True
+
+
+def test_tensors_that_torch_must_pickle_still_round_trip() -> None:
+    torch = pytest.importorskip("torch")
+    p = torch.nn.Parameter(torch.ones(3))  # a subclass: torch's own reduction
+    got = round_trip(p)
+    assert isinstance(got, torch.nn.Parameter) and got.requires_grad and torch.equal(got, p)
+    s = torch.eye(3).to_sparse()
+    assert torch.equal(round_trip(s).to_dense(), torch.eye(3))
 
 
 @pytest.mark.parametrize(

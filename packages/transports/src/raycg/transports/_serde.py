@@ -8,12 +8,24 @@ pointing straight into the slot, so a reader gets arrays without a copy.
 A plain numpy array (C-contiguous, no objects, no fields) skips pickle: its ``meta`` is
 ``b"N"`` and a marshal of ``(dtype.str, shape)``, about 0.6 µs to write and read where
 pickle's protocol 5 takes about 6 µs (numpy reduces and rebuilds through Python). A
-plain CPU torch tensor (contiguous, no grad, a dtype numpy has) does the same through
-its numpy view, with ``b"T"``: about 3 µs where its reducer takes about 10. A pickle
+CPU torch tensor on its own does the same with ``b"T"`` and ``(dtype name, shape)``;
+inside tuples, lists, dicts or any object, pickle's walk (one pass) reduces each
+tensor to the same out-of-band bytes, and the stream is tagged ``b"W"``. A pickle
 stream starts with PROTO (0x80), so the first byte tells them apart.
 
-torch is optional: its tensors are reduced through numpy only when torch is already
-imported by the user's code (this module never imports it).
+Tensors of every dtype (bool, bfloat16, float8 kinds, complex, every int), 0-d, empty,
+non-contiguous (made contiguous, one copy) and requiring grad (detached: values travel,
+autograd state does not) arrive equal: same dtype, shape and values, contiguous, no
+grad. Sparse, quantized and non-CPU tensors and tensor subclasses go through torch's
+own reducers.
+
+Read-only memory. A zero-copy array is a read-only view of the slot. torch has no
+read-only tensors, so a tensor is decoded over its buffer only when that buffer is
+writable and the reader's own (a copy, or the ring's copy-on-write view of its slot,
+see _tensor_cow); :func:`holds_tensors` tells the reader which values need that.
+
+torch is optional: tensors are recognised only when torch is already imported by the
+user's code (this module never imports it to encode).
 """
 
 from __future__ import annotations
@@ -23,38 +35,86 @@ import io
 import marshal
 import pickle
 import sys
-import warnings
 from typing import Any
 
 from ._errors import ValueNotSerializable
 
+# torch dtypes by name, and names by dtype (str(dtype) costs ~1 µs).
+_TORCH_DTYPES: dict[str, Any] = {}
+_TORCH_NAMES: dict[Any, str] = {}
+
+
+def _torch_dtype_name(dtype: Any) -> str:
+    name = _TORCH_NAMES.get(dtype)
+    if name is None:
+        name = _TORCH_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
+
+
+_EMPTY = b""  # an empty tensor's bytes
+
+
+def _tensor_bytes(t: Any, torch: Any) -> Any:
+    """The bytes of CPU tensor ``t`` as a flat uint8 numpy array, with no copy where
+    ``t`` is contiguous already: values only (no autograd state), lazy conj/neg views
+    materialized, any dtype (a uint8 view needs none of numpy's dtypes)."""
+    t = t.detach()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    if not t.numel():
+        return _EMPTY
+    flat = t.contiguous().reshape(-1)
+    if flat.stride(0) != 1:  # only one element: "contiguous" with any stride
+        flat = flat.as_strided((1,), (1,))
+    return flat.view(torch.uint8).numpy()
+
+
+def _is_plain_tensor(obj: Any, torch: Any) -> bool:
+    """A CPU, strided tensor whose bytes are its value (not sparse, quantized, meta)."""
+    return (
+        type(obj) is torch.Tensor
+        and obj.device.type == "cpu"
+        and obj.layout is torch.strided
+        and not obj.is_quantized
+    )
+
 
 def _rebuild_tensor(buf: Any, dtype_name: str, shape: tuple[int, ...]) -> Any:
-    import torch
+    """The tensor ``_tensor_bytes`` gave ``buf`` for: contiguous, no grad, over ``buf``.
 
-    dtype = getattr(torch, dtype_name)
-    with warnings.catch_warnings():
-        # torch warns that a read-only buffer gives a tensor it cannot make read-only.
-        warnings.simplefilter("ignore", UserWarning)
-        flat = (
-            torch.frombuffer(buf, dtype=torch.uint8)
-            if len(memoryview(buf))
-            else torch.empty(0, dtype=torch.uint8)
-        )
-    return flat.view(dtype).reshape(shape)
+    torch has no read-only tensors, so a tensor is built over ``buf`` only if the
+    buffer is writable (a private copy, or the ring's copy-on-write view of its slot:
+    _tensor_cow); over a read-only buffer it gets a copy, so that no in-place op can
+    ever write into memory another reader sees.
+    """
+    torch = sys.modules.get("torch") or importlib.import_module("torch")
+    dtype = _TORCH_DTYPES.get(dtype_name)
+    if dtype is None:
+        dtype = _TORCH_DTYPES[dtype_name] = getattr(torch, dtype_name)
+    view = memoryview(buf)
+    if not view.nbytes:
+        return torch.empty(shape, dtype=dtype)
+    if view.readonly:
+        buf = bytearray(view)
+    return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(shape)
 
 
 class _Pickler(pickle.Pickler):
+    """pickle with plain CPU tensors reduced to their bytes, out-of-band (at any depth:
+    pickle walks tuples, lists and dicts once). ``saw_tensor`` says whether it met one."""
+
+    saw_tensor = False
+
     def reducer_override(self, obj: Any) -> Any:
         torch = sys.modules.get("torch")
-        if torch is not None and type(obj) is torch.Tensor and obj.device.type == "cpu":
-            if obj.requires_grad or obj.is_sparse or obj.is_quantized:
-                return NotImplemented
-            t = obj.resolve_conj().resolve_neg().contiguous()  # lazy conj/neg views: materialize
-            raw = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+        if torch is not None and _is_plain_tensor(obj, torch):
+            self.saw_tensor = True
+            raw = _tensor_bytes(obj, torch)
             return (
                 _rebuild_tensor,
-                (pickle.PickleBuffer(raw.numpy()), str(t.dtype).removeprefix("torch."), tuple(t.shape)),
+                (pickle.PickleBuffer(raw), _torch_dtype_name(obj.dtype), tuple(obj.shape)),
             )
         return NotImplemented
 
@@ -96,40 +156,22 @@ def _encode_array(value: Any) -> tuple[bytes, list[memoryview]] | None:
 
 
 _RAW_TENSOR = ord("T")
+# A pickle stream with tensors in it: the reader must decode it over writable memory
+# of its own (see _rebuild_tensor), so it is tagged. Any other stream starts with PROTO.
+_TENSOR_PICKLE = ord("W")
 
 
-def _encode_tensor(value: Any, torch: Any) -> tuple[bytes, list[memoryview]] | None:
-    """A plain CPU tensor's header and bytes (through its numpy view), or None."""
-    if value.device.type != "cpu" or value.requires_grad or value.layout != torch.strided:
-        return None
-    if not value.is_contiguous():
-        return None
-    try:
-        array = value.numpy()  # shares the tensor's memory
-    except (TypeError, RuntimeError):  # bfloat16 and others numpy lacks; conj/neg bits
-        return None
-    encoded = _encode_array(array)
-    if encoded is None:
-        return None
-    meta, raws = encoded
-    return b"T" + meta[1:], raws
+def _encode_tensor(value: Any, torch: Any) -> tuple[bytes, list[memoryview]]:
+    """A plain CPU tensor's header (dtype name, shape) and its bytes."""
+    raw = _tensor_bytes(value, torch)
+    header = marshal.dumps((_torch_dtype_name(value.dtype), tuple(value.shape)))
+    return b"T" + header, [memoryview(raw).cast("B") if len(raw) else memoryview(raw)]
 
 
-# torch warns, once per process, that a tensor over a read-only buffer is writable; the
-# first tensor we rebuild does it under a filter (a filter per call costs ~2 µs).
-_tensor_warning_seen = False
-
-
-def _tensor_from(array: Any) -> Any:
-    global _tensor_warning_seen
-    torch = sys.modules.get("torch") or importlib.import_module("torch")
-    if _tensor_warning_seen or array.flags.writeable:
-        return torch.from_numpy(array)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        tensor = torch.from_numpy(array)
-    _tensor_warning_seen = True
-    return tensor
+def holds_tensors(meta: Any) -> bool:
+    """Whether the value ``meta`` describes holds torch tensors (then its buffers must
+    be given to :func:`decode` writable and private to this reader, or be copied)."""
+    return meta[0] in (_RAW_TENSOR, _TENSOR_PICKLE)
 
 
 def encode(value: object) -> tuple[bytes, list[memoryview]]:
@@ -147,10 +189,8 @@ def encode(value: object) -> tuple[bytes, list[memoryview]]:
         if encoded is not None:
             return encoded
     torch = sys.modules.get("torch")
-    if torch is not None and type(value) is torch.Tensor:
-        encoded = _encode_tensor(value, torch)
-        if encoded is not None:
-            return encoded
+    if torch is not None and _is_plain_tensor(value, torch):
+        return _encode_tensor(value, torch)
     buffers: list[pickle.PickleBuffer] = []
     try:
         if torch is None or _is_ndarray(value):
@@ -158,8 +198,9 @@ def encode(value: object) -> tuple[bytes, list[memoryview]]:
             meta = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
         else:
             f = io.BytesIO()
-            _Pickler(f, protocol=5, buffer_callback=buffers.append).dump(value)
-            meta = f.getvalue()
+            pickler = _Pickler(f, protocol=5, buffer_callback=buffers.append)
+            pickler.dump(value)
+            meta = b"W" + f.getvalue() if pickler.saw_tensor else f.getvalue()
         # raw() refuses a non-contiguous buffer (a user's own PickleBuffer may be one).
         return meta, [b.raw() for b in buffers]
     except Exception as e:
@@ -171,14 +212,18 @@ def encode(value: object) -> tuple[bytes, list[memoryview]]:
 
 def decode(meta: Any, buffers: list[Any]) -> object:
     """The value ``encode`` gave ``meta`` for, its buffers now ``buffers`` (views of a
-    slot, or copies)."""
+    slot, or copies). Arrays are views of their buffers (read-only where the buffers
+    are); tensors are views of writable buffers and copies of read-only ones."""
     tag = meta[0]
-    if tag in (_RAW_ARRAY, _RAW_TENSOR):
+    if tag == _RAW_ARRAY:
         dtype, shape = marshal.loads(meta[1:])
         # numpy is loaded already, unless this is the first array this process receives.
         np = sys.modules.get("numpy") or importlib.import_module("numpy")
-        array = np.frombuffer(buffers[0], dtype=dtype).reshape(shape)
-        return array if tag == _RAW_ARRAY else _tensor_from(array)
+        return np.frombuffer(buffers[0], dtype=dtype).reshape(shape)
+    if tag == _RAW_TENSOR:
+        return _rebuild_tensor(buffers[0], *marshal.loads(meta[1:]))
+    if tag == _TENSOR_PICKLE:
+        return pickle.loads(meta[1:], buffers=buffers)
     return pickle.loads(meta, buffers=buffers)
 
 

@@ -19,7 +19,7 @@ import struct
 import threading
 import weakref
 
-from . import _liveness, _native, _serde
+from . import _liveness, _native, _serde, _tensor_cow
 from ._channel import wrong_end
 from ._deadline import deadline_after
 from ._errors import ChannelBroken, ChannelClosed, ChannelTimeout
@@ -194,7 +194,9 @@ class ShmRingReader(_Endpoint):
                 return pickle.loads(view[base : base + meta_len])
             finally:  # a value that fails to unpickle is consumed all the same
                 self._release_through(seq + 1)
-        return self._read_with_buffers(seq, (mm, seg.address, view), base, slot_bytes, meta_len, nbufs, copy)
+        return self._read_with_buffers(
+            seq, (mm, seg.address, view), base, slot_bytes, meta_len, nbufs, copy, seg
+        )
 
     def _corrupt(self, seq: int, why: str) -> ChannelBroken:
         return ChannelBroken(f"channel {self.spec.name!r}: the slot record of value #{seq} is corrupt: {why}")
@@ -208,10 +210,11 @@ class ShmRingReader(_Endpoint):
         meta_len: int,
         nbufs: int,
         copy: bool,
+        seg: Segment,
     ) -> object:
         """Decode value ``seq``, whose region of ``region_bytes`` starts at ``base`` in
         ``mapping``: the mapping's exporter (held for as long as we make views of it),
-        address and view.
+        address and view, of the generation ``seg``.
 
         Raises:
             ChannelBroken: the buffer table points outside the region.
@@ -222,6 +225,10 @@ class ShmRingReader(_Endpoint):
             if o + n > region_bytes:
                 raise self._corrupt(seq, f"a {n}-byte buffer at {o} of a {region_bytes}-byte region")
         meta = view[base + 16 * nbufs : base + 16 * nbufs + meta_len]
+        tensors = _serde.holds_tensors(meta)
+        private = self.spec.nreaders > 1  # tensors of a fan-out: copy-on-write
+        if tensors and private and not copy and not _tensor_cow.supported(base, region_bytes):
+            copy = True  # no copy-on-write view of this region: a copy keeps readers apart
         if copy or sum(table[1::2]) < self._zero_copy_min:
             bufs = [bytearray(view[base + o : base + o + n]) for o, n in zip(table[0::2], table[1::2])]
             try:
@@ -229,11 +236,19 @@ class ShmRingReader(_Endpoint):
             finally:
                 self._release_through(seq + 1)
         # Zero copy: one read-only view of the slot, exported by a Pin (C) that keeps
-        # the mapping alive and unpins the slot when the last view of it dies.
+        # the mapping alive and unpins the slot when the last view of it dies. Tensors
+        # (torch cannot make them read-only) get a writable view instead: copy-on-write
+        # where other readers share the slot (_tensor_cow).
         with self._pin_lock:
             self._pinned[seq] = "a zero-copy value being decoded"
-        pin = _native.Pin(mm, address + base, table[-2] + table[-1], seq, self._unpin)
-        pv = memoryview(pin)
+        nbytes = table[-2] + table[-1]
+        if tensors:
+            pin = None
+            unpin = functools.partial(self._unpin, seq)
+            pv = _tensor_cow.open_view(mm, seg, base, nbytes, unpin, private=private)
+        else:
+            pin = _native.Pin(mm, address + base, nbytes, seq, self._unpin)
+            pv = memoryview(pin)
         bufs2 = [pv[o : o + n] for o, n in zip(table[0::2], table[1::2])]
         try:
             value = _serde.decode(meta, bufs2)
