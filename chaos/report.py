@@ -1,6 +1,7 @@
 """Run every chaos scenario many times and write the table of docs/failures.md.
 
     python -m chaos.report --runs 10 [--seed N] [--write]
+    python -m chaos.report --cluster --runs 3 [--write]   (the Docker cluster's: chaos/cluster)
 
 Prints one line per run and a summary per scenario and fault kind: how many times it
 was tried, the outcomes seen, and the worst time from fault to error.
@@ -77,6 +78,10 @@ def write(text: str, seed: int, runs: int) -> None:
 
 
 def main() -> int:
+    if "--cluster" in sys.argv[1:]:  # the Docker cluster's scenarios: chaos/cluster/report.py
+        from .cluster.report import main as cluster_main
+
+        return cluster_main([a for a in sys.argv[1:] if a != "--cluster"])
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=random.randrange(1 << 20))

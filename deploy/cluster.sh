@@ -6,6 +6,8 @@
 #                              stops dockerd if `up` started it
 #   deploy/cluster.sh check    on a running cluster: the quickstart and examples/cluster.py
 #                              from the driver on the head
+#   deploy/cluster.sh chaos    up (Ray's node-death timeout shortened), the cluster-scale
+#                              chaos suite (chaos/cluster), down
 #   deploy/cluster.sh build    only the images;  deploy/cluster.sh compose ARGS...  compose
 # (./dev cluster up | down | check | chaos calls this.)
 #
@@ -34,11 +36,15 @@ tree_hash() {
     ! -path '*.egg-info/*' ! -name '.stamp' -print0 | sort -z | xargs -0 sha256sum | hash_of
 }
 
+# RAYCG_COMPOSE_FILES: the compose files, colon-separated (chaos adds compose.chaos.yaml).
 compose() {
+  local files=() f
+  IFS=: read -ra f <<<"${RAYCG_COMPOSE_FILES:-deploy/compose.yaml}"
+  for f in "${f[@]}"; do files+=(-f "$f"); done
   if docker compose version >/dev/null 2>&1; then
-    docker compose -p "$PROJECT" -f deploy/compose.yaml "$@"
+    docker compose -p "$PROJECT" "${files[@]}" "$@"
   elif command -v docker-compose >/dev/null; then
-    docker-compose -p "$PROJECT" -f deploy/compose.yaml "$@"
+    docker-compose -p "$PROJECT" "${files[@]}" "$@"
   else
     die "neither 'docker compose' (v2) nor 'docker-compose' (v1) is installed"
   fi
@@ -210,11 +216,21 @@ check() {
   fi
 }
 
+# The cluster-scale chaos suite (chaos/cluster) on a fresh cluster with Ray's shortened
+# node-death timeout; the cluster is torn down after, pass or fail.
+chaos() {
+  export RAYCG_COMPOSE_FILES=deploy/compose.yaml:deploy/compose.chaos.yaml
+  trap down EXIT
+  up
+  RAYCG_CLUSTER=1 "$PY" -m pytest -p no:xdist -m cluster chaos/cluster -v "$@"
+}
+
 cmd=${1:-}; shift || true
 case "$cmd" in
   up) up "$@" ;;
   down) down ;;
   check) check ;;
+  chaos) chaos "$@" ;;
   build) engine_up; image ;;
   compose) export RAYCG_IMAGE=${RAYCG_IMAGE:-$(cat "$STATE/image")}; compose "$@" ;;
   *) sed -n '2,10p' "$0"; exit 2 ;;
