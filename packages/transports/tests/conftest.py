@@ -21,6 +21,10 @@ if _HERE not in sys.path:
 
 from transports_testing import open_fds, raycg_mappings  # noqa: E402
 
+# gRPC's fork handlers (on by default) swap one of its eventfds for a new one in the
+# parent at every os.fork(), which the fd check below would report as a leak.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _resource_tracker() -> None:

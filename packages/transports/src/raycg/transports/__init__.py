@@ -4,6 +4,8 @@ Never imports Ray. Every transport implements :class:`Channel`; errors are this
 package's own (see ``_errors``) and the runtime maps them to Ray's.
 """
 
+from typing import TYPE_CHECKING
+
 try:
     from . import _native  # noqa: F401  (first, for the error below)
 except ImportError as e:  # pragma: no cover - depends on how raycg was installed
@@ -30,12 +32,39 @@ from ._shm_reader import ShmRingReader
 from ._shm_ring import ShmRing, ShmRingSpec
 from ._shm_writer import ShmRingWriter
 
+if TYPE_CHECKING:
+    from ._grpc_server import GrpcServer
+    from ._grpc_stream import GrpcTarget
+    from ._grpc_writer import GrpcChannelSpec, GrpcWriter
+
+# The cross-node channel's names load grpcio (~90 ms) on first use only: most processes
+# of a graph never send across nodes.
+_LAZY = {
+    "GrpcServer": "._grpc_server",
+    "GrpcTarget": "._grpc_stream",
+    "GrpcChannelSpec": "._grpc_writer",
+    "GrpcWriter": "._grpc_writer",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "Channel",
     "ChannelBroken",
     "ChannelClosed",
     "ChannelError",
     "ChannelTimeout",
+    "GrpcChannelSpec",
+    "GrpcServer",
+    "GrpcTarget",
+    "GrpcWriter",
     "InprocReader",
     "InprocRing",
     "InprocWriter",

@@ -29,7 +29,8 @@ words and the closed flag, are written rarely: see Protocol)::
                                   slot (large values): a reader waiting for that value
                                   keeps spinning instead of going to sleep
     line 2  @128  any endpoint
-            u32 closed            0 -> 1 once, never back
+            u32 closed            0 -> 1 (closed) or 2 (broken: the gRPC stream
+                                  that feeds the ring failed) once, never back
             u32 space_futex       bumped by readers on release and on close; the writer
                                   sleeps on it
     line 3  @192  writer-owned: the current data segment
@@ -96,6 +97,9 @@ NONE = (1 << 64) - 1
 _NSLOTS, _NREADERS = 16, 24
 _WRITE_SEQ, _DATA_FUTEX, _WRITER_PID, _WRITER_START, _WRITER_WAITING, _WRITING = 64, 72, 76, 80, 88, 96
 _CLOSED, _SPACE_FUTEX = 128, 132
+# Values of the closed word: a ring fed from another node (_grpc_receiver.py) is
+# *broken*, not closed, when its stream fails, so its readers raise ChannelBroken.
+_CLOSED_BY_ENDPOINT, _BROKEN = 1, 2
 _CUR_GEN, _CUR_PID, _CUR_FD, _CUR_SLOT_BYTES = 192, 200, 208, 216
 _READERS = 256
 _R_RELEASED, _R_PID, _R_WAITING, _R_START, _R_PINNED = 0, 8, 12, 16, 24
@@ -241,14 +245,15 @@ class ShmRing:
         self.close()
 
 
-def _close_shared(seg: Segment) -> None:
-    """Set the closed flag, bump both futex words (atomically: other endpoints bump them
-    too) and wake everyone."""
+def _close_shared(seg: Segment, state: int = _CLOSED_BY_ENDPOINT) -> None:
+    """Set the closed word to ``state`` (unless it is set already), bump both futex
+    words (atomically: other endpoints bump them too) and wake everyone."""
     if seg.view is None:
         return
     i = seg.view.cast("I")
     try:
-        i[_CLOSED // 4] = 1
+        if not i[_CLOSED // 4]:
+            i[_CLOSED // 4] = state
         _futex.fence()  # the flag before the bumps (each is a full barrier as well)
         _futex.bump_and_wake(seg.address + _DATA_FUTEX)
         _futex.bump_and_wake(seg.address + _SPACE_FUTEX)
@@ -272,7 +277,10 @@ class _Endpoint(Channel):
             raise ChannelBroken(f"channel {spec.name!r}: the control segment is not a raycg ring")
 
     def _check_closed(self) -> None:
-        if self._ctrl.i[_CLOSED // 4]:
+        state = self._ctrl.i[_CLOSED // 4]
+        if state == _BROKEN:
+            raise ChannelBroken(f"channel {self.spec.name!r} is broken: the stream that feeds it failed")
+        if state:
             raise ChannelClosed(f"channel {self.spec.name!r} is closed")
 
     def _wait(

@@ -1,0 +1,178 @@
+"""The receiving end of one gRPC stream: values from another node into a local ring.
+
+The receiver is the write end of a shared-memory ring on its node, so the readers
+there read as on one node, zero-copy. Two threads serve a stream:
+
+- *intake* (our thread) reads the writer's messages, reassembles each value and
+  writes it into the ring. It never waits for room: the writer only sends a value
+  the ring has a free slot for (below).
+- *credits* (gRPC's handler thread, iterating :meth:`Receiver.serve`) tells the writer
+  how many values every reader released, as soon as that grows: the writer may have at
+  most ``nslots`` values beyond it. So the writer blocks exactly when the remote ring
+  is full, as it would on a local ring, and a slow reader holds it back instead of
+  filling memory on either side.
+
+A stream that ends without the writer's close message (the writer died, the network
+was cut, a message was lost) marks the ring *broken*: its readers raise ChannelBroken.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from . import _grpc_wire as wire
+from ._deadline import deadline_after
+from ._errors import ChannelBroken, ChannelClosed, ChannelError, ChannelTimeout
+from ._grpc_config import POLL_S
+from ._shm_ring import _BROKEN, _CLOSED_BY_ENDPOINT, ShmRingSpec, _close_shared
+from ._shm_writer import ShmRingWriter
+
+# A value without out-of-band buffers up to this size tries the ring's C fast path.
+_FAST_META_BYTES = 64 * 1024
+
+
+class RingFeed:
+    """A ring's write end, written with values another node already encoded.
+
+    The ring's own ``write`` takes a Python value; decoding one here only to encode it
+    again would cost a copy and would unpickle user classes in this process. So this
+    class uses the writer's encoded-value path, and its state, in this one place.
+    """
+
+    def __init__(self, spec: ShmRingSpec):
+        self.writer = ShmRingWriter(spec, liveness_interval_s=POLL_S)
+        self._base = self.writer._core.seq
+
+    def put(self, meta: memoryview, raws: list[memoryview]) -> None:
+        """Write one value; there is room (the writer spends only the credits we gave)."""
+        w = self.writer
+        if not raws and len(meta) <= _FAST_META_BYTES:
+            small = bytes(meta)
+            if w._core.try_write_meta(small):
+                return
+            w._write_encoded(small, [], 0, False)
+        else:
+            w._write_encoded(meta, raws, 0, False)  # type: ignore[arg-type]
+
+    def released(self) -> int:
+        """Values of this stream every reader released."""
+        return int(self.writer._core.min_released_now()) - self._base
+
+    def wait_released(self, count: int, timeout_s: float) -> None:
+        """Wait until ``count`` values are released.
+
+        Raises:
+            ChannelTimeout: not within ``timeout_s``.
+            ChannelClosed, ChannelBroken: the ring was closed or broke, or a reader died.
+        """
+        self.writer._wait_space(self._base + count, deadline_after(timeout_s), False)
+
+    def end(self, broken: bool) -> None:
+        """Mark the ring closed (or broken), waking its readers; keep it mapped."""
+        _close_shared(self.writer._ctrl.seg, _BROKEN if broken else _CLOSED_BY_ENDPOINT)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Receiver:
+    """One stream's receiving end, feeding ``feed``.
+
+    Args:
+        feed: the ring the values go to (the receiver closes it when the stream ends).
+        name: the channel, for errors.
+    """
+
+    def __init__(self, feed: RingFeed, name: str):
+        self._feed = feed
+        self._name = name
+        self._cond = threading.Condition()
+        self._written = 0
+        self._outcome: tuple[bytes, str] | None = None
+
+    def serve(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        """The stream's responses (credits, then how it ended), while the intake thread
+        writes its values into the ring."""
+        intake = threading.Thread(
+            target=self._take, args=(requests,), name=f"raycg-grpc-intake:{self._name}", daemon=True
+        )
+        intake.start()
+        try:
+            yield from self._credits(context)
+        finally:
+            # Ends the intake too: once this generator returns, the call completes and
+            # the request iterator stops.
+            self._end(wire.END_BROKEN, "the stream was cancelled")
+            if threading.current_thread() is not intake:
+                intake.join(POLL_S * 50)
+            self._feed.close()
+
+    def _end(self, kind: bytes, message: str) -> None:
+        """Record how the stream ended (the first call wins) and tell the ring's readers."""
+        with self._cond:
+            if self._outcome is not None:
+                return
+            self._outcome = (kind, message)
+            self._cond.notify_all()
+        self._feed.end(broken=kind == wire.END_BROKEN)
+
+    def _take(self, requests: Iterator[bytes]) -> None:
+        assembler = wire.Assembler(self._name)
+        try:
+            for msg in requests:
+                if msg[:1] == wire.CLOSE:
+                    self._end(wire.END_CLOSED, f"channel {self._name!r} was closed by its writer")
+                    return
+                value = assembler.add(msg)
+                if value is not None:
+                    self._feed.put(*value)
+                    with self._cond:
+                        self._written += 1
+                        self._cond.notify_all()
+            self._end(wire.END_BROKEN, f"channel {self._name!r}: the writer's stream ended without a close")
+        except ChannelClosed:
+            self._end(wire.END_CLOSED, f"channel {self._name!r} was closed by a reader")
+        except ChannelError as e:
+            self._end(wire.END_BROKEN, str(e))
+        except Exception as e:  # grpc.RpcError: the writer went away or the call was cancelled
+            self._end(wire.END_BROKEN, f"channel {self._name!r}: the stream from the writer failed: {e}")
+
+    def _credits(self, context: Any) -> Iterator[bytes]:
+        reported = 0
+        while True:
+            with self._cond:
+                if self._outcome is not None:
+                    break
+                written = self._written
+            released = self._feed.released()
+            if released > reported:
+                reported = released
+                yield wire.credit(released)
+            elif written > reported:
+                self._wait_released(reported + 1)
+            else:
+                self._wait_written(reported)
+            if not context.is_active():
+                self._end(wire.END_BROKEN, f"channel {self._name!r}: the writer went away")
+        kind, message = self._outcome
+        yield wire.end(kind, message)
+
+    def _wait_written(self, count: int) -> None:
+        """Wait (a slice at most) for a value beyond ``count`` to be written, or the end."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._written > count or self._outcome is not None, POLL_S)
+
+    def _wait_released(self, count: int) -> None:
+        try:
+            self._feed.wait_released(count, POLL_S)
+        except ChannelTimeout:
+            pass  # look at the stream again, then wait on
+        except ChannelClosed:
+            self._end(wire.END_CLOSED, f"channel {self._name!r} was closed by a reader")
+        except ChannelBroken as e:
+            self._end(wire.END_BROKEN, str(e))
+
+
+__all__ = ["Receiver", "RingFeed"]

@@ -1,0 +1,136 @@
+"""A process's gRPC server: where the streams of other nodes' writers arrive.
+
+One per process that receives (at most one is needed per node). Each incoming
+stream names, in its first message, the ring it feeds; the ring is registered
+beforehand with :meth:`GrpcServer.add_ring` by the process that set it up on this node.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from . import _grpc_wire as wire
+from ._errors import ChannelBroken, ChannelError
+from ._grpc_config import METHOD, REGISTER_TIMEOUT_S, SERVER_OPTIONS, SERVICE
+from ._grpc_receiver import Receiver, RingFeed
+from ._shm_ring import ShmRingSpec
+
+# Each stream holds one of the server's handler threads for its whole life.
+DEFAULT_MAX_STREAMS = 64
+
+
+class GrpcServer:
+    """Listens on ``address`` for the streams that feed this node's rings.
+
+    Args:
+        address: ``host:port`` to listen on (port 0: any free port; :attr:`address`
+            says which). Listen on the node's own address, or loopback in tests.
+        max_streams: streams served at once; one more is refused (RESOURCE_EXHAUSTED),
+            which its writer sees as ChannelBroken, rather than left waiting.
+        register_timeout_s: how long a stream waits for the ring it names to be
+            registered before it is refused.
+
+    Raises:
+        OSError: the address cannot be listened on.
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:0",
+        *,
+        max_streams: int = DEFAULT_MAX_STREAMS,
+        register_timeout_s: float = REGISTER_TIMEOUT_S,
+    ):
+        self._rings: dict[str, ShmRingSpec] = {}
+        self._taken: set[str] = set()
+        self._register_timeout_s = register_timeout_s
+        self._stopped = False
+        self._cond = threading.Condition()
+        self._pool = futures.ThreadPoolExecutor(max_streams, thread_name_prefix="raycg-grpc-stream")
+        self._server = grpc.server(self._pool, options=SERVER_OPTIONS, maximum_concurrent_rpcs=max_streams)
+        handler = grpc.stream_stream_rpc_method_handler(self._open)  # raw bytes both ways
+        self._server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler})]
+        )
+        host = address.rsplit(":", 1)[0]
+        try:
+            port = self._server.add_insecure_port(address)
+        except RuntimeError as e:  # grpcio raises for a port in use; older ones return 0
+            port, why = 0, f": {e}"
+        else:
+            why = ""
+        if not port:
+            self._server.stop(None)  # frees its completion queue (an epoll fd and an eventfd)
+            self._pool.shutdown()
+            raise OSError(
+                f"cannot listen on {address!r}{why} (is the port in use, or not this node's address?)"
+            )
+        self.address = f"{host}:{port}"
+        self._server.start()
+
+    def __repr__(self) -> str:
+        return f"GrpcServer({self.address!r})"
+
+    def add_ring(self, channel_id: str, spec: ShmRingSpec) -> None:
+        """Let one stream, that names ``channel_id``, feed the ring ``spec``.
+
+        Raises:
+            ValueError: ``channel_id`` is registered already.
+        """
+        with self._cond:
+            if channel_id in self._rings or channel_id in self._taken:
+                raise ValueError(f"{self!r}: a ring is registered as {channel_id!r} already")
+            self._rings[channel_id] = spec
+            self._cond.notify_all()
+
+    def _open(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        """The handler of every stream: find its ring, then serve it."""
+        try:
+            channel_id, nslots = wire.parse_hello(next(requests))
+            spec = self._claim(channel_id, nslots)
+            feed = RingFeed(spec)
+        except ChannelError as e:
+            yield wire.end(wire.END_BROKEN, str(e))
+            return
+        except (StopIteration, grpc.RpcError):
+            return  # the writer left before it said which ring
+        yield from Receiver(feed, spec.name).serve(requests, context)
+
+    def _claim(self, channel_id: str, nslots: int) -> ShmRingSpec:
+        with self._cond:
+            self._cond.wait_for(lambda: channel_id in self._rings or self._stopped, self._register_timeout_s)
+            if self._stopped or channel_id not in self._rings:
+                raise ChannelBroken(f"{self!r}: no ring is registered as {channel_id!r}")
+            spec = self._rings.pop(channel_id)
+            self._taken.add(channel_id)
+        if spec.nslots != nslots:
+            raise ChannelBroken(
+                f"channel {spec.name!r}: the writer expects {nslots} slots, the ring on {self.address} "
+                f"has {spec.nslots}"
+            )
+        return spec
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        """Stop listening and end every stream (their rings break unless closed first).
+        Idempotent; returns within about ``grace_s``."""
+        with self._cond:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._cond.notify_all()
+        self._server.stop(grace_s).wait(grace_s + 5)
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> GrpcServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+__all__ = ["GrpcServer"]

@@ -1,0 +1,130 @@
+"""The sending end of one gRPC stream: a writer's values to one receiving node.
+
+Sync grpcio (see docs/transports.md, "gRPC"): the call's request iterator is
+:meth:`Stream._outgoing`, which gRPC's own thread drains from a queue, and a thread of
+ours listens to the receiver's credits. A value is sent only while the receiver's ring
+has a free slot for it (``sent < released + nslots``), so at most ``nslots`` values
+are between this process and the remote readers, whatever their speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from . import _grpc_wire as wire
+from ._deadline import remaining
+from ._errors import ChannelBroken, ChannelClosed, ChannelError
+from ._grpc_config import CLIENT_OPTIONS, METHOD_PATH, POLL_S
+
+
+@dataclasses.dataclass(frozen=True)
+class GrpcTarget:
+    """Where a channel's values go on one node: the server, and the ring's id there."""
+
+    address: str
+    channel_id: str
+
+
+class Stream:
+    """One stream to ``target``; its state is guarded by the writer's ``cond``.
+
+    Raises:
+        ChannelBroken: no connection to ``target.address`` within ``connect_timeout_s``.
+    """
+
+    def __init__(
+        self, name: str, target: GrpcTarget, nslots: int, cond: threading.Condition, connect_timeout_s: float
+    ):
+        self.name = name
+        self.target = target
+        self.nslots = nslots
+        self._cond = cond  # the writer's: one wait covers all its streams
+        self.sent = 0  # values handed to gRPC
+        self.released = 0  # values every reader of the remote ring released
+        self.error: ChannelError | None = None
+        self.done = False  # the listening thread has ended
+        self._closing = False
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._channel = grpc.insecure_channel(target.address, options=CLIENT_OPTIONS)
+        ready = grpc.channel_ready_future(self._channel)
+        try:
+            ready.result(timeout=connect_timeout_s)
+        except grpc.FutureTimeoutError:
+            ready.cancel()
+            self._channel.close()
+            raise ChannelBroken(
+                f"channel {name!r}: no connection to {target.address} within {connect_timeout_s:g} s "
+                "(is the receiving node up, and its server listening there?)"
+            ) from None
+        self._queue.put(wire.hello(target.channel_id, nslots))
+        self._call = self._channel.stream_stream(METHOD_PATH)(self._outgoing())
+        self._thread = threading.Thread(target=self._listen, name=f"raycg-grpc-credits:{name}", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"Stream({self.name!r} -> {self.target.address})"
+
+    def has_room(self) -> bool:
+        return self.sent < self.released + self.nslots
+
+    def send(self, frames: list[bytes]) -> None:
+        """Queue one value's messages (the caller checked :meth:`has_room`)."""
+        for frame in frames:
+            self._queue.put(frame)
+        self.sent += 1
+
+    def _outgoing(self) -> Iterator[bytes]:
+        """The request stream, drained by gRPC's thread (the fault hook wraps it)."""
+        while (msg := self._queue.get()) is not None:
+            yield msg
+
+    def cut(self) -> None:
+        """End the stream at once, as a failed network would (the fault hook's cut)."""
+        self._call.cancel()
+
+    def _listen(self) -> None:
+        error: ChannelError
+        try:
+            for msg in self._call:
+                if msg[:1] == wire.CREDIT:
+                    with self._cond:
+                        self.released = max(self.released, wire.parse_credit(msg))
+                        self._cond.notify_all()
+                elif msg[:1] == wire.END:
+                    cls = ChannelClosed if msg[1:2] == wire.END_CLOSED else ChannelBroken
+                    error = cls(msg[2:].decode("utf-8", "replace"))
+                    break
+            else:
+                error = ChannelBroken(f"channel {self.name!r}: the stream to {self.target.address} ended")
+        except grpc.RpcError as e:
+            if self._closing:
+                error = ChannelClosed(f"channel {self.name!r} is closed")
+            else:
+                error = ChannelBroken(
+                    f"channel {self.name!r}: the stream to {self.target.address} failed "
+                    f"({e.code().name}: {e.details()})"  # type: ignore[attr-defined]
+                )
+        finally:
+            self._queue.put(None)  # ends the request stream, and gRPC's thread with it
+        with self._cond:
+            self.error = self.error or error
+            self.done = True
+            self._cond.notify_all()
+
+    def close(self, deadline: float) -> None:
+        """Tell the receiver to close its ring and wait for it until ``deadline`` (so
+        that its readers see the close when this returns), then end the stream."""
+        with self._cond:
+            self._closing = True
+            if not self.done:
+                self._queue.put(wire.CLOSE)
+                self._queue.put(None)
+                self._cond.wait_for(lambda: self.done, remaining(deadline))
+        self._call.cancel()
+        self._thread.join(POLL_S * 50)  # the cancel ends it at once
+        self._channel.close()
