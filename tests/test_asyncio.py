@@ -145,7 +145,7 @@ def test_execute_async_needs_enable_asyncio(actors: list) -> None:
     with InputNode() as inp:
         graph = raycg.compile(actors[0].echo.bind(inp))
     try:
-        with pytest.raises(RuntimeError, match="enable_asyncio"):
+        with pytest.raises(ValueError, match="enable_asyncio"):
             asyncio.run(graph.execute_async(1))
     finally:
         graph.teardown()

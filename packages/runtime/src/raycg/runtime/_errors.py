@@ -19,7 +19,7 @@ from ray.exceptions import (
     RayTaskError,
 )
 
-from raycg.transports import ChannelError, ChannelTimeout, SlotPinned
+from raycg.transports import ChannelClosed, ChannelError, ChannelTimeout, SlotPinned
 
 
 def wrap_task_error(
@@ -55,6 +55,17 @@ def raise_if_task_error(value: object) -> object:
     return value
 
 
+# Ray's wording (CompiledDAG.execute and _execute_until; its channels' "Channel closed."),
+# which code and tests written for Ray's Compiled Graph match. Ours follows it.
+_RAY_TIMEOUT = {
+    "get": "If the execution is expected to take a long time, increase RAY_CGRAPH_get_timeout which "
+    "is currently {s} seconds. Otherwise, this may indicate that the execution is hanging.",
+    "execute": "If the execution is expected to take a long time, increase RAY_CGRAPH_submit_timeout "
+    "which is currently {s} seconds. Otherwise, this may indicate that execution is hanging.",
+}
+_RAY_CLOSED = "Channel closed."
+
+
 def to_ray_error(exc: ChannelError, what: str, died: ActorDiedError | None = None) -> Exception:
     """Map a transport error met while doing ``what`` to Ray's class for it."""
     if died is not None:
@@ -63,11 +74,23 @@ def to_ray_error(exc: ChannelError, what: str, died: ActorDiedError | None = Non
         return RayCgraphCapacityExceeded(f"{what}: {exc}")
     if isinstance(exc, ChannelTimeout):
         return RayChannelTimeoutError(f"{what}: {exc}")
-    return RayChannelError(f"{what}: {exc}")  # closed, broken, or anything else
+    if isinstance(exc, ChannelClosed):
+        return RayChannelError(f"{_RAY_CLOSED} {what}: {exc}")
+    return RayChannelError(f"{what}: {exc}")  # broken, or anything else
+
+
+def timeout_error(
+    exc: ChannelTimeout, action: str, where: str, configured_s: float
+) -> RayChannelTimeoutError:
+    """A get (``action="get"``) or an execute that timed out: Ray's message, naming the
+    graph's configured timeout (Ray's spelling: -1 is forever), then what waited where."""
+    ray_words = _RAY_TIMEOUT.get(action, "").format(s=configured_s)
+    return RayChannelTimeoutError(f"{ray_words} {action} on {where}: {exc}".lstrip())
 
 
 def torn_down_error(graph_id: str, reason: str | None) -> RayChannelError:
     why = f" ({reason})" if reason else ""
     return RayChannelError(
-        f"compiled graph {graph_id[:8]} has been torn down{why}; compile the DAG again to run it"
+        f"{_RAY_CLOSED} compiled graph {graph_id[:8]} has been torn down{why}; "
+        "compile the DAG again to run it"
     )

@@ -36,8 +36,9 @@ from raycg.transports import (
 
 from . import _errors, _monitor, _setup, _stats_report
 from ._actor import running_graphs, teardown_actor
+from ._inputs import InputSignature
 from ._projection import compile_projections
-from ._ref import GraphFuture, GraphRef
+from ._ref import GraphFuture, GraphRef, install_get_hook
 from ._results import Fault, Results
 
 TEARDOWN_TIMEOUT_S = 10.0
@@ -116,6 +117,7 @@ class CompiledGraph:
             raise
         _LIVE.add(self)
         _monitor.watch(self)
+        install_get_hook()
 
     @property
     def plan(self) -> Plan:
@@ -125,6 +127,7 @@ class CompiledGraph:
 
     def _setup(self) -> None:
         plan, res = self._plan, self._res
+        self._inputs = InputSignature.of(plan)
         endpoints = _setup.create_rings(plan, res)
         self._input: ShmRingWriter = open_writer(res.rings[plan.input_channel_id].spec)
         res.endpoints.append(self._input)
@@ -150,11 +153,14 @@ class CompiledGraph:
         result buffer, waiting up to ``submit_timeout`` for them.
 
         Raises:
+            ValueError: the arguments do not fit what the graph's InputNode is used for
+                (nothing was sent).
             RayCgraphCapacityExceeded: the result buffer is full too, or the ring is
                 blocked by a zero-copy result this process holds (named).
             RayChannelTimeoutError: no room within ``submit_timeout``.
             ActorDiedError, RayChannelError: see API.md's Failures table.
         """
+        self._inputs.check(args, kwargs)
         idx = self._submit(args, kwargs, self._submit_timeout_s)
         return self._refs(idx, GraphRef)
 
@@ -162,7 +168,11 @@ class CompiledGraph:
         """Like execute, from an event loop (``enable_asyncio=True``): returns once the
         input is submitted, without blocking the loop; ``await`` the future(s)."""
         if not self._asyncio:
-            raise RuntimeError(f"{self._name} was compiled without enable_asyncio=True")
+            raise ValueError(
+                f"Use execute if enable_asyncio=False. {self._name} was compiled without "
+                "enable_asyncio=True: compile it with enable_asyncio=True to use execute_async"
+            )
+        self._inputs.check(args, kwargs)
         try:
             # Fast path: room right now. Never wait for the lock here: a worker thread
             # may hold it while it waits for the oldest execution to finish.
@@ -183,9 +193,7 @@ class CompiledGraph:
         wait_s = remaining(deadline) if lock_timeout_s is None else lock_timeout_s
         if not self._submit_lock.acquire(timeout=-1 if math.isinf(wait_s) else wait_s):
             self._check_usable()
-            raise ray.exceptions.RayChannelTimeoutError(
-                f"execute on {self._name}: another thread is submitting (it waits for room)"
-            )
+            raise self._fault(ChannelTimeout("another thread is submitting (it waits for room)"), "execute")
         try:
             return self._submit_locked(args, kwargs, deadline)
         finally:
@@ -208,8 +216,9 @@ class CompiledGraph:
         return idx
 
     def _refs(self, idx: int, cls: type) -> Any:
-        refs = [cls(self, idx, i) for i in range(len(self._plan.outputs))]
-        return refs if self._plan.multi_output else refs[0]
+        multi = self._plan.multi_output
+        refs = [cls(self, idx, i, multi) for i in range(len(self._plan.outputs))]
+        return refs if multi else refs[0]
 
     def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._pool is None:
@@ -238,6 +247,27 @@ class CompiledGraph:
                 raise self._death_error() from None
             raise
 
+    def _fetch_many(self, wanted: list[tuple[int, int]], timeout_s: float | None) -> dict[int, Any]:
+        """``ray.get`` of several refs: what ``Results.fetch_many`` takes of ``wanted``,
+        by place in the list; it stops at the first failure. Faults as in ``_fetch``."""
+        if timeout_s is None:
+            timeout_s = self._get_timeout_s
+        elif timeout_s < 0:
+            timeout_s = None
+        first = min(idx for idx, _ in wanted)
+        self._check_usable(pending=first)
+        results = self._results
+        assert results is not None
+        try:
+            return results.fetch_many(wanted, deadline_after(timeout_s))
+        except ValueError:
+            self._check_usable(pending=first)
+            raise
+        except RayChannelError:
+            if self._died is not None and first < self._died_at_exec:
+                raise self._death_error() from None
+            raise
+
     async def _fetch_async(self, idx: int, out: int) -> Any:
         loop = asyncio.get_running_loop()
         try:
@@ -262,7 +292,9 @@ class CompiledGraph:
         otherwise a broken channel. Either way the graph is torn down.
         """
         if isinstance(e, ChannelTimeout) and not isinstance(e, SlotPinned):
-            return _errors.to_ray_error(e, f"{what} on {self._name}")
+            opts = self._plan.options
+            configured = opts.get_timeout_s if what == "get" else opts.submit_timeout_s
+            return _errors.timeout_error(e, what, self._name, configured)
         if self._closing and self._died is None:  # teardown (another thread) woke us
             return _errors.torn_down_error(self.graph_id, self._teardown_reason)
         if self._died is None and not self._torn_down:
@@ -326,9 +358,48 @@ class CompiledGraph:
 
     # -- teardown ---------------------------------------------------------------------
 
-    def teardown(self, reason: str | None = None) -> None:
+    def teardown(self, kill_actors: bool = False, *, reason: str | None = None) -> None:
         """Stop every executor and free every channel. Idempotent. The actors stay alive
-        and can serve ordinary calls or a new graph at once."""
+        and can serve ordinary calls or a new graph at once.
+
+        Args:
+            kill_actors: then kill the graph's actors (``ray.kill``), as Ray's
+                ``teardown(kill_actors=True)`` does; also when already torn down.
+            reason: why (internal: a fault's teardown), for later calls' errors.
+        """
+        self._close(reason)
+        if kill_actors:
+            for handle in self._actors.values():
+                ray.kill(handle)
+
+    @property
+    def is_teardown(self) -> bool:
+        """Whether the graph is torn down (or being torn down), as Ray's property."""
+        return self._closing
+
+    def get_id(self) -> str:
+        """The graph's unique id (hex), as Ray's ``CompiledDAG.get_id()``."""
+        return self.graph_id
+
+    def __str__(self) -> str:
+        return f"CompiledGraph({self.graph_id})"
+
+    def get_channel_details(self, channel: Any, downstream_actor_id: str) -> str:
+        """Ray's helper for its own drawing, which takes a Ray channel object: raycg's
+        channels are not Ray's.
+
+        Raises:
+            NotImplementedError: always; use ``visualize(channel_details=True)`` or
+                ``graph.plan.channels`` instead.
+        """
+        raise NotImplementedError(
+            "CompiledGraph.get_channel_details() takes one of Ray's channel objects, and raycg's "
+            "channels are its own; use graph.visualize(channel_details=True) to draw every channel's "
+            "details, or read graph.plan.channels (raycg.proto.ChannelPlan: id, transport, writer, "
+            "readers, slots)"
+        )
+
+    def _close(self, reason: str | None) -> None:
         with self._death_lock:
             if self._closing:
                 return

@@ -14,6 +14,15 @@ read on the way (earlier or later executions nobody asked for yet, and the other
 outputs of the execution asked for) are copied into the buffer, so the buffer itself
 never pins a ring slot. An output ring that carries several outputs of one task
 (``num_returns``) is copied too when one of them is asked for: its siblings are kept.
+
+Capacity. As in Ray (``CompiledDAG._execute_until``), a get reads no execution while
+``max_buffered_results`` results are held: it raises ``RayCgraphCapacityExceeded``.
+
+Several refs at once (``ray.get([...])``, :meth:`Results.fetch_many`). Ray raises at
+once when any of them failed, without waiting for the others. Within one execution the
+rings of the refs asked for are read in the order their values come, not ring by ring,
+so a failed branch is seen while a slow sibling still runs. Their values go through the
+buffer, so they are copied.
 """
 
 from __future__ import annotations
@@ -23,14 +32,37 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ray.exceptions import RayCgraphCapacityExceeded, RayChannelTimeoutError, RayTaskError
+from ray.exceptions import RayCgraphCapacityExceeded, RayTaskError
 
-from raycg.transports import ChannelClosed, ChannelError, ShmRingReader, remaining
+from raycg.transports import (
+    ChannelClosed,
+    ChannelError,
+    ChannelTimeout,
+    ShmRingReader,
+    SlotPinned,
+    deadline_after,
+    remaining,
+)
 
 from ._errors import wrap_task_error
 from ._projection import Step, project
 
 _TAKEN = object()  # a result already returned (or dropped)
+_MISSING = object()  # a ring not read yet for the execution being read
+
+# Waiting for the first of several rings: a wait sleeps on one ring's futex, so each is
+# waited on in turn, for slices growing from _POLL_MIN_S to _POLL_MAX_S (a failure on
+# one ring is seen within a few slices; each slice costs a 50 us spin at most).
+_POLL_MIN_S = 0.001
+_POLL_MAX_S = 0.016
+
+# Ray's wording (its tests match it), followed by ours.
+_RAY_BUFFER_FULL = (
+    "The compiled graph can't have more than {max} buffered results, and you currently have "
+    "{n} buffered results. Call `ray.get()` on CompiledDAGRef's (or await on CompiledDAGFuture's) "
+    "to retrieve results, or increase `_max_buffered_results` if buffering is desired, note that "
+    "this will increase driver memory usage."
+)
 
 Fault = Callable[[ChannelError, str], Exception]
 
@@ -61,7 +93,7 @@ class Results:
         self._cond = threading.Condition(self._lock)
         self._reader: int | None = None
         self.next_read = 0  # the next execution to read from the rings
-        self._partial: list[Any] = []  # its channel values read so far
+        self._partial: list[Any] = [_MISSING] * len(readers)  # its ring values read so far
         self._rows: dict[int, list[Any]] = {}
         self._dropped: dict[int, set[int]] = {}
         self.results_read = 0
@@ -75,16 +107,44 @@ class Results:
             if found:
                 return value
             try:
+                self._check_capacity(idx)
                 if idx == self.next_read:  # ours is next: read it, zero-copy, and take it
                     return self._read_one(deadline, "get", zero_copy=self._sole_channel[out], take=out)
-                if idx > self.next_read and len(self._rows) >= self._max_buffered:
-                    raise RayCgraphCapacityExceeded(
-                        f"{self._name}: {len(self._rows)} results buffered (max_buffered_results="
-                        f"{self._max_buffered}); get earlier results before execution {idx}'s"
-                    )
                 self._read_one(deadline, "get")
             finally:
                 self._end_turn()
+
+    def fetch_many(self, wanted: list[tuple[int, int]], deadline: float) -> dict[int, Any]:
+        """The results ``wanted`` ((execution, output) pairs), by their place in the list.
+
+        Returns early, with what it took so far, as soon as one taken is a failure (a
+        ``RayTaskError``), so that ``ray.get`` of a list raises at once; the others are
+        not taken, and their refs can still be fetched.
+        """
+        taken: dict[int, Any] = {}
+        while True:
+            turn = self._wait_turn_many(deadline, wanted, taken)
+            try:
+                if len(taken) == len(wanted) or any(isinstance(v, RayTaskError) for v in taken.values()):
+                    return taken
+                if not turn:
+                    continue
+                idx = min(i for p, (i, _) in enumerate(wanted) if p not in taken)
+                self._check_capacity(idx)
+                if idx > self.next_read:
+                    self._read_one(deadline, "get")
+                    continue
+                rings = {
+                    self._out_map[o][0] for p, (i, o) in enumerate(wanted) if i == idx and p not in taken
+                }
+                if self._read_until_failure(deadline, rings):
+                    self._read_one(deadline, "get")  # buffered (copied): the next turn takes them
+                    continue
+                self._take_failures(idx, wanted, taken)
+                return taken
+            finally:
+                if turn:
+                    self._end_turn()
 
     def drain_one(self, deadline: float, submitted: int, max_inflight: int) -> None:
         """Make room for one more execution (for ``execute``): read the oldest in flight
@@ -95,9 +155,9 @@ class Results:
                 return  # room was made meanwhile: reading now would wait for a value never sent
             if len(self._rows) >= self._max_buffered:
                 raise RayCgraphCapacityExceeded(
-                    f"{self._name}: every execution in flight is finished and {len(self._rows)} "
-                    f"results are buffered (max_buffered_results={self._max_buffered}); get some "
-                    "results before executing more"
+                    _RAY_BUFFER_FULL.format(max=self._max_buffered, n=len(self._rows))
+                    + f" {self._name}: every execution in flight is finished, and the driver holds "
+                    "the results of the others; get some results before executing more"
                 )
             self._read_one(deadline, "execute")
         finally:
@@ -120,7 +180,7 @@ class Results:
             self._cond.wait_for(lambda: self._reader in (None, me), timeout_s)
             self._rows.clear()
             self._dropped.clear()
-            self._partial.clear()
+            self._partial = []
             self._readers = []
             self._cond.notify_all()
 
@@ -146,13 +206,48 @@ class Results:
                 if self._reader is None or self._closed:
                     self._reader = threading.get_ident()
                     return False, None
-                left = remaining(deadline)
-                if left <= 0:
-                    what = f"execution {idx}" if idx is not None else "a result to drain"
-                    raise RayChannelTimeoutError(
-                        f"{self._name}: timed out waiting for {what} (another thread was reading the results)"
-                    )
-                self._cond.wait(None if math.isinf(left) else left)
+                self._wait_for_others(deadline, f"execution {idx}" if idx is not None else None)
+
+    def _wait_turn_many(self, deadline: float, wanted: list[tuple[int, int]], taken: dict[int, Any]) -> bool:
+        """Take into ``taken`` every result of ``wanted`` that is buffered: False if any
+        was; else wait until one is (False), or this thread's turn to read begins (True)."""
+        with self._cond:
+            while True:
+                got = False
+                for p, (idx, out) in enumerate(wanted):
+                    row = self._rows.get(idx)
+                    if p in taken or idx >= self.next_read:
+                        continue
+                    if row is None or row[out] is _TAKEN:
+                        raise ValueError(f"the result of execution {idx} (output {out}) was already released")
+                    taken[p] = row[out]
+                    self._take(idx, out)
+                    got = True
+                if got:
+                    return False
+                if self._reader is None or self._closed:
+                    self._reader = threading.get_ident()
+                    return True
+                self._wait_for_others(deadline, f"execution {min(i for i, _ in wanted)}")
+
+    def _wait_for_others(self, deadline: float, what: str | None) -> None:
+        """One wait on the condition (holding it), while another thread reads the rings."""
+        left = remaining(deadline)
+        if left <= 0:
+            waited = what or "a result to drain"
+            raise self._fault(
+                ChannelTimeout(f"timed out waiting for {waited} (another thread was reading the results)"),
+                "get" if what else "execute",
+            )
+        self._cond.wait(None if math.isinf(left) else left)
+
+    def _check_capacity(self, idx: int) -> None:
+        if len(self._rows) >= self._max_buffered:
+            raise RayCgraphCapacityExceeded(
+                _RAY_BUFFER_FULL.format(max=self._max_buffered, n=len(self._rows))
+                + f" {self._name}: execution {idx} is not read yet, and reading it would hold one "
+                "more result on the driver"
+            )
 
     def _end_turn(self) -> None:
         with self._cond:
@@ -170,11 +265,10 @@ class Results:
             raise self._fault(ChannelClosed(f"{self._name} is torn down"), what)
         partial = self._partial
         try:
-            while len(partial) < len(self._readers):
-                reader = self._readers[len(partial)]
-                self._check_not_pinned_by_us(reader, len(partial))
-                copy = len(partial) != zero_copy  # only the ring of the value taken: zero-copy
-                partial.append(self._read_value(reader, deadline, copy))
+            for c, reader in enumerate(self._readers):
+                if partial[c] is _MISSING:
+                    self._check_not_pinned_by_us(reader, c)
+                    partial[c] = self._read_value(reader, deadline, c != zero_copy)
         except ChannelError as e:
             raise self._fault(e, what) from e
         try:
@@ -182,7 +276,7 @@ class Results:
         finally:
             # Empty the list in place: a traceback of an earlier failed read may still
             # reference it, and must not keep (and pin) this execution's values.
-            partial.clear()
+            partial[:] = [_MISSING] * len(partial)
         with self._lock:
             idx = self.next_read
             self._rows[idx] = row
@@ -218,6 +312,42 @@ class Results:
             return project(value, steps, False)
         except (IndexError, KeyError, TypeError) as e:
             return wrap_task_error(e, f"output {out} of {self._name}", self._name)
+
+    def _read_until_failure(self, deadline: float, rings: set[int]) -> bool:
+        """Read execution ``next_read``'s rings (copied) in the order their values
+        come, while two or more of ``rings`` are unread. False: one of ``rings`` holds a
+        failure (others may be unread); True: at most one of ``rings`` is left unread."""
+        partial, slice_s = self._partial, 0.0  # the first pass takes what is there
+        if any(isinstance(partial[c], RayTaskError) for c in rings):
+            return False  # seen by an earlier get of another output of the same ring
+        try:
+            while sum(partial[c] is _MISSING for c in rings) > 1:
+                for c in [c for c, v in enumerate(partial) if v is _MISSING]:
+                    self._check_not_pinned_by_us(self._readers[c], c)
+                    try:
+                        partial[c] = self._read_value(
+                            self._readers[c], min(deadline, deadline_after(slice_s)), False
+                        )
+                    except ChannelTimeout as e:
+                        if isinstance(e, SlotPinned) or remaining(deadline) <= 0:
+                            raise
+                        continue
+                    if c in rings and isinstance(partial[c], RayTaskError):
+                        return False
+                slice_s = min(max(2 * slice_s, _POLL_MIN_S), _POLL_MAX_S)
+        except ChannelError as e:
+            raise self._fault(e, "get") from e
+        return True
+
+    def _take_failures(self, idx: int, wanted: list[tuple[int, int]], taken: dict[int, Any]) -> None:
+        """Take the failures among ``wanted`` of execution ``idx`` (``next_read``, not
+        complete): its row, once read, is stored with them already taken."""
+        with self._lock:
+            for p, (i, out) in enumerate(wanted):
+                value = self._partial[self._out_map[out][0]]
+                if i == idx and p not in taken and isinstance(value, RayTaskError):
+                    taken[p] = value
+                    self._dropped.setdefault(idx, set()).add(out)
 
     def _take(self, idx: int, out: int) -> None:
         row = self._rows[idx]
