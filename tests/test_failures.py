@@ -6,6 +6,7 @@ No test asserts a duration: "promptly" is shown by waiting with no timeout at al
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -287,6 +288,27 @@ def test_an_unserializable_input_is_a_plain_type_error(actors: list) -> None:
         assert ray.get(g.execute(1)) == 1
     finally:
         g.teardown()
+
+
+def test_a_failed_executor_says_why_in_the_callers_exception(ray_local: None) -> None:
+    # a's 4th write publishes a corrupt slot record (the transports' fault hook, on in a
+    # alone): b's executor fails reading it, and the caller must hear why, not only
+    # that a channel closed.
+    fault = {"op": "write", "channel": "", "after": 3, "kind": "corrupt"}
+    a = Worker.options(runtime_env={"env_vars": {"RAYCG_FAULTS": json.dumps([fault])}}).remote()
+    b = Worker.remote()
+    try:
+        with InputNode() as inp:
+            g = raycg.compile(b.echo.bind(a.echo.bind(inp)), get_timeout=-1)
+        assert [ray.get(g.execute(i)) for i in range(3)] == [0, 1, 2]
+        why = r"the executor on \S+ failed in Worker.echo after 3 executions \(channel_broken: ChannelBroken"
+        with pytest.raises(RayChannelError, match=why):
+            ray.get(g.execute(3))
+        with pytest.raises(RayChannelError, match=why):  # and every later call
+            g.execute(4)
+    finally:
+        ray.kill(a)
+        ray.kill(b)
 
 
 def test_compile_refuses_a_dead_actor_and_creates_nothing(fresh: list) -> None:

@@ -10,8 +10,9 @@ import ray
 from ray.exceptions import RayChannelError
 from runtime_plans import add_channel
 
-from raycg.proto import Options, Plan, Transport
+from raycg.proto import ActorSetup, ActorStatus, Options, Plan, Teardown, Transport
 from raycg.runtime import CompiledGraph, actor_running_graphs
+from raycg.runtime._actor import teardown_actor
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -102,3 +103,21 @@ def test_a_graph_cannot_be_pickled(adders: list) -> None:
         assert graph.plan.graph_id == graph.graph_id
     finally:
         graph.teardown()
+
+
+def test_teardown_is_a_teardown_message_answered_by_an_actor_status(adders: list) -> None:
+    # The proto is the contract: the caller sends a Teardown, the actor answers with
+    # its ActorStatus (how many executions it ran, and why it failed if it did).
+    ids = [h._actor_id.hex() for h in adders]
+    graph = CompiledGraph(chain_plan(*ids), dict(zip(ids, adders)))
+    try:
+        assert [ray.get(graph.execute(i, y=0)) for i in range(5)] == [[i, -i] for i in range(5)]
+        msg = Teardown(graph_id=graph.graph_id, reason="a test asks", timeout_s=5.0)
+        got = ray.get(adders[1].__ray_call__.remote(teardown_actor, msg.SerializeToString()))
+        status = ActorStatus.FromString(got)
+        assert (status.state, status.executions_done, status.error.kind) == (ActorStatus.STOPPED, 5, "")
+        assert actor_running_graphs(adders[1]) == []
+    finally:
+        graph.teardown()
+    assert "options" not in ActorSetup.DESCRIPTOR.fields_by_name  # nothing unread travels
+    assert "driver_pid" not in ActorSetup.DESCRIPTOR.fields_by_name

@@ -171,28 +171,26 @@ class ShmEndpoint(_message.Message):
     def __init__(self, channel_id: _Optional[str] = ..., pid: _Optional[int] = ..., ctrl_fd: _Optional[int] = ..., num_slots: _Optional[int] = ..., num_readers: _Optional[int] = ..., reader_index: _Optional[int] = ...) -> None: ...
 
 class ActorSetup(_message.Message):
-    __slots__ = ("graph_id", "actor", "channels", "shm", "options", "driver_pid")
+    __slots__ = ("graph_id", "actor", "channels", "shm")
     GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     SHM_FIELD_NUMBER: _ClassVar[int]
-    OPTIONS_FIELD_NUMBER: _ClassVar[int]
-    DRIVER_PID_FIELD_NUMBER: _ClassVar[int]
     graph_id: str
     actor: ActorPlan
     channels: _containers.RepeatedCompositeFieldContainer[ChannelPlan]
     shm: _containers.RepeatedCompositeFieldContainer[ShmEndpoint]
-    options: Options
-    driver_pid: int
-    def __init__(self, graph_id: _Optional[str] = ..., actor: _Optional[_Union[ActorPlan, _Mapping]] = ..., channels: _Optional[_Iterable[_Union[ChannelPlan, _Mapping]]] = ..., shm: _Optional[_Iterable[_Union[ShmEndpoint, _Mapping]]] = ..., options: _Optional[_Union[Options, _Mapping]] = ..., driver_pid: _Optional[int] = ...) -> None: ...
+    def __init__(self, graph_id: _Optional[str] = ..., actor: _Optional[_Union[ActorPlan, _Mapping]] = ..., channels: _Optional[_Iterable[_Union[ChannelPlan, _Mapping]]] = ..., shm: _Optional[_Iterable[_Union[ShmEndpoint, _Mapping]]] = ...) -> None: ...
 
 class Teardown(_message.Message):
-    __slots__ = ("graph_id", "reason")
+    __slots__ = ("graph_id", "reason", "timeout_s")
     GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     graph_id: str
     reason: str
-    def __init__(self, graph_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    timeout_s: float
+    def __init__(self, graph_id: _Optional[str] = ..., reason: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
 class ErrorReport(_message.Message):
     __slots__ = ("graph_id", "actor_id", "task_display_name", "kind", "message")

@@ -9,25 +9,59 @@ channels. This module and ``_executor`` are all an actor imports of the runtime.
 
 from __future__ import annotations
 
+import collections
+import logging
 import os
 import threading
 from typing import Any
 
-from raycg.proto import ActorSetup, ActorStatus
+from raycg.proto import ActorSetup, ActorStatus, ErrorReport, Teardown
 from raycg.transports import process_start_time
 
 from ._executor import Executor
 
 # graph id -> executor, for every graph this actor takes part in.
 _EXECUTORS: dict[str, Executor] = {}
+# graph id -> the status of an executor whose loop ended on its own (its rings closed by
+# the caller, or a failure), kept for the caller's teardown call to report. Bounded: a
+# graph dropped by a caller that died never asks for it.
+_ENDED: collections.OrderedDict[str, ActorStatus] = collections.OrderedDict()
+_MAX_ENDED = 64
 _REGISTRY_LOCK = threading.Lock()
+
+_log = logging.getLogger(__name__)
 
 
 def _forget(ex: Executor) -> None:
-    """An executor's loop ended (on its own thread): drop it, unless already replaced."""
+    """An executor's loop ended (on its own thread): drop it, unless already replaced,
+    and keep its status for the teardown call."""
     with _REGISTRY_LOCK:
-        if _EXECUTORS.get(ex.graph_id) is ex:
-            del _EXECUTORS[ex.graph_id]  # dropped without a teardown call
+        if _EXECUTORS.get(ex.graph_id) is not ex:
+            return  # a teardown call took it, and reports it itself
+        del _EXECUTORS[ex.graph_id]
+        _ENDED[ex.graph_id] = _status(ex)
+        while len(_ENDED) > _MAX_ENDED:
+            _ENDED.popitem(last=False)
+    if ex.error is not None:
+        _log.warning(
+            "raycg: the executor of graph %s on %s failed: %s", ex.graph_id[:8], ex.actor_repr, ex.error
+        )
+
+
+def _status(ex: Executor) -> ActorStatus:
+    """The status of an executor whose loop has ended (or was asked to end)."""
+    status = ActorStatus(graph_id=ex.graph_id, actor_id=ex.actor_id, state=ActorStatus.STOPPED)
+    status.executions_done = ex.executions
+    status.pid = os.getpid()
+    if ex.error is not None:
+        kind, message, task = ex.error
+        status.state = ActorStatus.FAILED
+        status.error.CopyFrom(
+            ErrorReport(
+                graph_id=ex.graph_id, actor_id=ex.actor_id, task_display_name=task, kind=kind, message=message
+            )
+        )
+    return status
 
 
 def setup_actor(instance: object, setup_bytes: bytes) -> bytes:
@@ -39,8 +73,14 @@ def setup_actor(instance: object, setup_bytes: bytes) -> bytes:
         ex = Executor(setup, instance, _forget)
     except Exception as e:
         status.state = ActorStatus.FAILED
-        status.error.kind = "setup_failed"
-        status.error.message = f"{type(e).__name__}: {e}"
+        status.error.CopyFrom(
+            ErrorReport(
+                graph_id=setup.graph_id,
+                actor_id=setup.actor.actor_id,
+                kind="setup_failed",
+                message=f"{type(e).__name__}: {e}",
+            )
+        )
         return status.SerializeToString()
     with _REGISTRY_LOCK:
         _EXECUTORS[setup.graph_id] = ex
@@ -49,23 +89,32 @@ def setup_actor(instance: object, setup_bytes: bytes) -> bytes:
     return status.SerializeToString()
 
 
-def teardown_actor(instance: object, graph_id: str, timeout_s: float) -> bytes:
-    """Runs on the actor: stop the graph's loop, wait for it, free its channels."""
+def teardown_actor(instance: object, teardown_bytes: bytes) -> bytes:
+    """Runs on the actor (a serialized ``Teardown``): stop the graph's loop, wait for
+    it, free its channels; return its ``ActorStatus`` (why it failed, if it did)."""
+    teardown = Teardown.FromString(teardown_bytes)
+    graph_id = teardown.graph_id
     with _REGISTRY_LOCK:
         ex = _EXECUTORS.pop(graph_id, None)
-    status = ActorStatus(graph_id=graph_id, state=ActorStatus.STOPPED)
+        ended = _ENDED.pop(graph_id, None)
+    _log.debug("raycg: graph %s torn down (%s)", graph_id[:8], teardown.reason or "no reason given")
     if ex is None:
-        return status.SerializeToString()
+        return (ended or ActorStatus(graph_id=graph_id, state=ActorStatus.STOPPED)).SerializeToString()
     ex.close()
-    ex.thread.join(timeout_s)
-    status.executions_done = ex.executions
+    ex.thread.join(teardown.timeout_s)
+    status = _status(ex)
     if ex.thread.is_alive():
         status.state = ActorStatus.FAILED
-        status.error.kind = "teardown_timeout"
-        status.error.message = f"a task of the graph still runs after {timeout_s} s"
-    elif ex.error:
-        status.error.kind = "executor_error"
-        status.error.message = ex.error
+        task = ex.running.display if ex.running is not None else ""
+        status.error.CopyFrom(
+            ErrorReport(
+                graph_id=graph_id,
+                actor_id=ex.actor_id,
+                task_display_name=task,
+                kind="teardown_timeout",
+                message=f"a task of the graph still runs after {teardown.timeout_s} s",
+            )
+        )
     return status.SerializeToString()
 
 

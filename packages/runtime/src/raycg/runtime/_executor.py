@@ -104,7 +104,9 @@ class Executor:
         self.actor_id = setup.actor.actor_id
         self.endpoints: list[Channel] = []
         self.inproc: list[InprocRing] = []
-        self.error: str | None = None
+        # Why the loop ended, if not by a close: (kind, message, the task it was in).
+        self.error: tuple[str, str, str] | None = None
+        self.running: _Task | None = None  # the task under way (for the error report)
         self.executions = 0
         self._on_exit = on_exit
         try:
@@ -177,17 +179,23 @@ class Executor:
             while True:
                 self._run_once(vals)
                 self.executions += 1
-        except (ChannelClosed, ChannelBroken) as e:
-            if not isinstance(e, ChannelClosed):
-                self.error = f"{type(e).__name__}: {e}"
+        except ChannelClosed:
+            pass  # the caller closed the graph's rings (teardown), or a peer's loop ended
+        except ChannelBroken as e:
+            self._failed("channel_broken", e)
         except BaseException as e:  # a bug of ours: report it, never die silently
-            self.error = f"executor crashed: {type(e).__name__}: {e}"
+            self._failed("executor_crashed", e)
         finally:
             self.close()
             self._on_exit(self)
 
+    def _failed(self, kind: str, e: BaseException) -> None:
+        task = self.running.display if self.running is not None else ""
+        self.error = (kind, f"{type(e).__name__}: {e}", task)
+
     def _run_once(self, vals: list[Any]) -> None:
         for task in self.tasks:
+            self.running = task
             for idx, read in task.reads:
                 vals[idx] = self._read(read, task)
             result = None

@@ -21,7 +21,7 @@ from ray.actor import ActorHandle
 from ray.core.generated.common_pb2 import ActorDiedErrorContext  # type: ignore[attr-defined]
 from ray.exceptions import ActorDiedError, RayChannelError
 
-from raycg.proto import Plan
+from raycg.proto import ActorStatus, Plan, Teardown
 from raycg.transports import (
     ChannelError,
     ChannelTimeout,
@@ -72,6 +72,15 @@ def _weak_fault(graph: CompiledGraph) -> Fault:
     return fault
 
 
+def _describe_failure(label: str, status: ActorStatus) -> str:
+    err = status.error
+    where = f" in {err.task_display_name}" if err.task_display_name else ""
+    return (
+        f"the executor on {label} failed{where} after {status.executions_done} executions "
+        f"({err.kind}: {err.message})"
+    )
+
+
 def ray_timeout(seconds: float) -> float | None:
     """Ray's spelling (-1 forever, 0 immediate, else seconds) to the transports' one."""
     return None if seconds < 0 else seconds
@@ -97,6 +106,7 @@ class CompiledGraph:
         self._torn_down = False
         self._closing = False
         self._teardown_reason: str | None = None
+        self._executor_failures: list[str] = []  # what failed executors said, at teardown
         self._processes: dict[str, tuple[int, int]] = {}  # actor id -> (pid, start time)
         self._died: ActorDiedError | None = None  # set once, by whoever sees the death
         self._died_context: Any = None
@@ -142,7 +152,7 @@ class CompiledGraph:
         self._results = Results(
             self._name, readers, out_map, max(1, plan.options.max_buffered_results), _weak_fault(self)
         )
-        self._processes = _setup.setup_actors(plan, self._actors, endpoints, self._pid)
+        self._processes = _setup.setup_actors(plan, self._actors, endpoints)
 
     # -- execute ----------------------------------------------------------------------
 
@@ -303,10 +313,12 @@ class CompiledGraph:
                 self._on_actor_died(dead)
         if self._died is not None:
             return self._death_error()
-        err = _errors.to_ray_error(e, f"{what} on {self._name}")
-        if not isinstance(e, SlotPinned):
-            self.teardown(reason=f"{type(e).__name__}: {e}")
-        return err
+        if isinstance(e, SlotPinned):
+            return _errors.to_ray_error(e, f"{what} on {self._name}")
+        # Tear down first: the actors' answers say why their executors failed, if any
+        # did (a closed ring alone does not say), and the caller's exception says it.
+        self.teardown(reason=f"{type(e).__name__}: {e}")
+        return RayChannelError(self._failures_said(f"{what} on {self._name}: {e}"))
 
     def _death_error(self) -> ActorDiedError:
         return ActorDiedError(self._died_context)  # a fresh instance: a clean traceback
@@ -418,18 +430,34 @@ class CompiledGraph:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._stop_executors()
+        if self._executor_failures:  # later calls say why, too
+            self._teardown_reason = self._failures_said(reason or "a channel failed")
 
     def _stop_executors(self) -> None:
+        """Send every live actor a ``Teardown``; keep what failed executors reported."""
         dead = _monitor.dead_actors(self._processes)  # nothing left to stop there
-        alive = [h for aid, h in self._actors.items() if aid not in dead]
-        refs: list[Any] = [
-            h.__ray_call__.remote(teardown_actor, self.graph_id, TEARDOWN_TIMEOUT_S) for h in alive
+        alive = [(aid, h) for aid, h in self._actors.items() if aid not in dead]
+        msg = Teardown(
+            graph_id=self.graph_id, reason=self._teardown_reason or "", timeout_s=TEARDOWN_TIMEOUT_S
+        )
+        payload = msg.SerializeToString()
+        calls: list[tuple[str, Any]] = [
+            (aid, h.__ray_call__.remote(teardown_actor, payload)) for aid, h in alive
         ]
-        for ref in refs:
+        labels = {a.actor_id: a.actor_label for a in self._plan.actors}
+        for aid, ref in calls:
             try:
-                ray.get(ref, timeout=TEARDOWN_TIMEOUT_S + 5)
+                status = ActorStatus.FromString(ray.get(ref, timeout=TEARDOWN_TIMEOUT_S + 5))
             except Exception:
-                pass  # died meanwhile: nothing left to stop there
+                continue  # died meanwhile: nothing left to stop there
+            if status.state == ActorStatus.FAILED:
+                self._executor_failures.append(_describe_failure(labels.get(aid, aid), status))
+
+    def _failures_said(self, message: str) -> str:
+        """``message``, with why the executors failed, if any did."""
+        if not self._executor_failures:
+            return message
+        return f"{message}; " + "; ".join(self._executor_failures)
 
     # -- observability ----------------------------------------------------------------
 

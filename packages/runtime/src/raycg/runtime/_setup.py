@@ -103,7 +103,7 @@ def driver_reader_index(plan: Plan, channel_id: str) -> int:
 
 
 def setup_actors(
-    plan: Plan, actors: dict[str, ActorHandle], endpoints: dict[str, list[ShmEndpoint]], driver_pid: int
+    plan: Plan, actors: dict[str, ActorHandle], endpoints: dict[str, list[ShmEndpoint]]
 ) -> dict[str, tuple[int, int]]:
     """Start every actor's executor, all in parallel; return actor id -> (pid, start time).
 
@@ -118,8 +118,6 @@ def setup_actors(
             actor=ap,
             channels=[c for c in plan.channels if c.channel_id in used],
             shm=endpoints.get(ap.actor_id, []),
-            options=plan.options,
-            driver_pid=driver_pid,
         )
         ref: Any = actors[ap.actor_id].__ray_call__.remote(setup_actor, setup.SerializeToString())
         calls.append((ap, ref))
