@@ -85,6 +85,11 @@ class Driver:
             if line.text.startswith(prefix):
                 return line
 
+    def expect_end(self, timeout_s: float) -> None:
+        """Until the driver's output has ended (it exited)."""
+        self._reader.join(timeout_s)
+        assert not self._reader.is_alive(), f"the driver's output did not end in {timeout_s} s"
+
     def result(self, timeout_s: float) -> dict[str, Any]:
         """The driver's closing ``RESULT {json}`` line, and its exit code 0."""
         line = self.expect("RESULT ", timeout_s)
