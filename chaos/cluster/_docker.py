@@ -196,7 +196,7 @@ class Cluster:
             if c.status == "paused":
                 c.unpause()
             c.reload()
-            if c.status != "running":
+            if c.status in ("exited", "created", "dead"):  # "restarting": docker is on it
                 c.start()
         self.wait_joined()
 

@@ -113,11 +113,20 @@ def wait_idle(stages: list[Any]) -> float:
         time.sleep(0.1)
 
 
-def wait_node(node: str, timeout_s: float = 90.0) -> None:
-    """Until a live node offers ``node:<node>`` (a restarted container has rejoined)."""
+def node_ids(node: str) -> set[str]:
+    """Ray's ids of the live nodes offering ``node:<node>``."""
+    return {n["NodeID"] for n in ray.nodes() if n["Alive"] and f"node:{node}" in n["Resources"]}
+
+
+def wait_node(node: str, old: set[str], timeout_s: float = 90.0) -> None:
+    """Until a live node other than ``old`` offers ``node:<node>`` (a restarted container
+    has rejoined as a new Ray node) and none of ``old`` is alive."""
     deadline = time.monotonic() + timeout_s
-    while not any(n["Alive"] and f"node:{node}" in n["Resources"] for n in ray.nodes()):
-        assert time.monotonic() < deadline, f"{node} did not rejoin within {timeout_s} s"
+    while True:
+        ids = node_ids(node)
+        if ids and not ids & old:
+            return
+        assert time.monotonic() < deadline, f"{node} did not rejoin as a new node within {timeout_s} s"
         time.sleep(0.5)
 
 

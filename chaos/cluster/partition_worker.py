@@ -44,8 +44,8 @@ def _answers(stage: object) -> bool:
     try:
         ray.get(stage.pid.remote(), timeout=30)  # type: ignore[attr-defined]
         return True
-    except ray.exceptions.RayActorError:
-        return False
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return False  # its node was declared dead meanwhile: a new stage replaces it
 
 
 def run(seed: int) -> Outcome:

@@ -18,6 +18,7 @@ from . import _drive
 def drive(seed: int, args: argparse.Namespace) -> None:
     stages = _drive.make_stages()
     ids = _drive.actor_ids(stages)
+    old = _drive.node_ids(args.victim)
     graph = _drive.chain(list(stages.values()), get_timeout=60)
     _drive.warm(graph)
     _drive.say("READY")
@@ -25,7 +26,7 @@ def drive(seed: int, args: argparse.Namespace) -> None:
     assert isinstance(err, ActorDiedError), repr(err)
     named = [node for node, actor_id in ids.items() if actor_id in str(err)]
     graph.teardown()
-    _drive.wait_node(args.victim)
+    _drive.wait_node(args.victim, old)
     t0 = time.monotonic()
     fresh = _drive.make_stages((args.victim,))
     new = [fresh[node] if node == args.victim else stages[node] for node in _drive.NODES]

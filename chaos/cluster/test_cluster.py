@@ -38,7 +38,10 @@ REFUSED = re.compile(r"cross-node edges are not supported|no cross-node \(gRPC\)
 _ONLY = os.environ.get("RAYCG_CLUSTER_SCENARIOS")
 if _ONLY is not None:
     SCENARIOS = [s for s in SCENARIOS if s in _ONLY.split(",")]
-BASE_SEED = int(os.environ.get("CHAOS_SEED", random.randrange(1 << 20)))
+# Random per run, but the same in every pytest-xdist worker (they must collect the same
+# test ids): the workers share the run's uid.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+BASE_SEED = int(os.environ.get("CHAOS_SEED", int(_RUN[:5], 16) if _RUN else random.randrange(1 << 20)))
 SEEDS = [BASE_SEED + k for k in range(int(os.environ.get("CHAOS_SEEDS", "2")))]
 
 pytestmark = [
