@@ -115,7 +115,24 @@ def test_a_failure_in_an_earlier_execution_of_the_list_raises(actors: list) -> N
         good, bad, late = graph.execute(1), graph.execute("x"), graph.execute(3)
         with pytest.raises(TypeError):
             ray.get([late, bad, good])
-        assert ray.get(late) == 4  # not used up: the failure was met first
+        assert ray.get(good) == 2  # only the failed ref is used up: the others still fetch
+        assert ray.get(late) == 4
+        with pytest.raises(ValueError, match=r"^ray\.get\(\) can only be called once"):
+            ray.get(bad)
+    finally:
+        graph.teardown()
+
+
+def test_a_list_get_that_times_out_uses_up_no_ref(gate: ray.actor.ActorHandle, actors: list) -> None:
+    with InputNode() as inp:
+        dag = MultiOutputNode([actors[0].echo.bind(inp), gate.wait_then_echo.bind(inp)])
+    graph = raycg.compile(dag)
+    try:
+        done, blocked = graph.execute(1)
+        with pytest.raises(RayChannelTimeoutError):
+            ray.get([done, blocked], timeout=0.5)
+        ray.get(gate.open.remote())
+        assert ray.get([blocked, done]) == [1, 1]
     finally:
         graph.teardown()
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Protocol
 
@@ -120,27 +121,29 @@ for _cls in (GraphRef, GraphFuture):
 # that list branch for raycg's refs; every other call goes to Ray's ray.get unchanged.
 
 _ray_get: Callable[..., Any] | None = None
+_install_lock = threading.Lock()  # graphs compiled on two threads at once wrap it once
 
 
 def install_get_hook() -> None:
     """Route ``ray.get(list_of_raycg_refs)`` to :func:`get_together`. Idempotent."""
     global _ray_get
-    if _ray_get is not None:
-        return
-    _ray_get = ray_get = ray.get
+    with _install_lock:
+        if _ray_get is not None:
+            return
+        _ray_get = ray_get = ray.get
 
-    @functools.wraps(ray_get)
-    def get(object_refs: Any, *, timeout: float | None = None, **kwargs: Any) -> Any:
-        if (
-            isinstance(object_refs, list)
-            and object_refs
-            and not kwargs
-            and all(type(r) is GraphRef for r in object_refs)
-        ):
-            return get_together(object_refs, timeout)
-        return ray_get(object_refs, timeout=timeout, **kwargs)
+        @functools.wraps(ray_get)
+        def get(object_refs: Any, *, timeout: float | None = None, **kwargs: Any) -> Any:
+            if (
+                isinstance(object_refs, list)
+                and object_refs
+                and not kwargs
+                and all(type(r) is GraphRef for r in object_refs)
+            ):
+                return get_together(object_refs, timeout)
+            return ray_get(object_refs, timeout=timeout, **kwargs)
 
-    ray.get = get
+        ray.get = get
 
 
 def get_together(refs: list[GraphRef], timeout: float | None = None) -> list[Any]:
@@ -151,8 +154,8 @@ def get_together(refs: list[GraphRef], timeout: float | None = None) -> list[Any
 
     Raises:
         ValueError: a ref was fetched already (Ray's message).
-        RayTaskError: the first failure met; refs fetched with it are used up, the
-            others can still be fetched.
+        RayTaskError: the first failure met. Only that ref is used up: the others
+            (and every ref, after any other exception) can still be fetched.
     """
     graph = refs[0]._graph
     if any(r._graph is not graph for r in refs) or len({id(r) for r in refs}) < len(refs):
@@ -163,5 +166,5 @@ def get_together(refs: list[GraphRef], timeout: float | None = None) -> list[Any
     taken = graph._fetch_many([(r._execution_index, r._output_index) for r in refs], timeout)
     for place in taken:
         refs[place]._used = True
-    values = {place: graph._unwrap(taken[place]) for place in sorted(taken)}  # the first failure raises
+    values = {place: graph._unwrap(value) for place, value in taken.items()}  # a failure raises
     return [values[place] for place in range(len(refs))]

@@ -117,34 +117,49 @@ class Results:
     def fetch_many(self, wanted: list[tuple[int, int]], deadline: float) -> dict[int, Any]:
         """The results ``wanted`` ((execution, output) pairs), by their place in the list.
 
-        Returns early, with what it took so far, as soon as one taken is a failure (a
-        ``RayTaskError``), so that ``ray.get`` of a list raises at once; the others are
-        not taken, and their refs can still be fetched.
+        As soon as one of them is a failure (a ``RayTaskError``), returns that one alone
+        (the first in the list, of those met), so that ``ray.get`` of a list raises at
+        once. Whatever else it took is put back, as on any exception: those refs can
+        still be fetched.
         """
         taken: dict[int, Any] = {}
-        while True:
-            turn = self._wait_turn_many(deadline, wanted, taken)
-            try:
-                if len(taken) == len(wanted) or any(isinstance(v, RayTaskError) for v in taken.values()):
+        try:
+            while True:
+                turn = self._wait_turn_many(deadline, wanted, taken)
+                try:
+                    failed = [p for p, v in taken.items() if isinstance(v, RayTaskError)]
+                    if turn and not failed and len(taken) < len(wanted):
+                        idx = min(i for p, (i, _) in enumerate(wanted) if p not in taken)
+                        if not self._read_for(deadline, idx, wanted, taken):
+                            failed = [p for p, v in taken.items() if isinstance(v, RayTaskError)]
+                finally:
+                    if turn:
+                        self._end_turn()
+                if failed:
+                    first = min(failed)
+                    self._put_back(wanted, taken, keep=first)
+                    return {first: taken[first]}
+                if len(taken) == len(wanted):
                     return taken
-                if not turn:
-                    continue
-                idx = min(i for p, (i, _) in enumerate(wanted) if p not in taken)
-                self._check_capacity(idx)
-                if idx > self.next_read:
-                    self._read_one(deadline, "get")
-                    continue
-                rings = {
-                    self._out_map[o][0] for p, (i, o) in enumerate(wanted) if i == idx and p not in taken
-                }
-                if self._read_until_failure(deadline, rings):
-                    self._read_one(deadline, "get")  # buffered (copied): the next turn takes them
-                    continue
-                self._take_failures(idx, wanted, taken)
-                return taken
-            finally:
-                if turn:
-                    self._end_turn()
+        except BaseException:
+            self._put_back(wanted, taken, keep=None)
+            raise
+
+    def _read_for(
+        self, deadline: float, idx: int, wanted: list[tuple[int, int]], taken: dict[int, Any]
+    ) -> bool:
+        """Holding the turn: read one execution towards ``idx`` into the buffer. False:
+        execution ``idx``'s rings showed a failure of ``wanted`` first (now in ``taken``)."""
+        self._check_capacity(idx)
+        if idx > self.next_read:
+            self._read_one(deadline, "get")
+            return True
+        rings = {self._out_map[o][0] for p, (i, o) in enumerate(wanted) if i == idx and p not in taken}
+        if self._read_until_failure(deadline, rings):
+            self._read_one(deadline, "get")  # buffered (copied): the next turn takes them
+            return True
+        self._take_failures(idx, wanted, taken)
+        return False
 
     def drain_one(self, deadline: float, submitted: int, max_inflight: int) -> None:
         """Make room for one more execution (for ``execute``): read the oldest in flight
@@ -348,6 +363,19 @@ class Results:
                 if i == idx and p not in taken and isinstance(value, RayTaskError):
                     taken[p] = value
                     self._dropped.setdefault(idx, set()).add(out)
+
+    def _put_back(self, wanted: list[tuple[int, int]], taken: dict[int, Any], keep: int | None) -> None:
+        """Undo the taking of every result in ``taken`` but ``keep``."""
+        with self._cond:
+            for p, value in taken.items():
+                idx, out = wanted[p]
+                if p == keep:
+                    continue
+                if idx >= self.next_read:  # a failure taken from the execution being read
+                    self._dropped.get(idx, set()).discard(out)
+                else:
+                    self._rows.setdefault(idx, [_TAKEN] * len(self._out_map))[out] = value
+            self._cond.notify_all()
 
     def _take(self, idx: int, out: int) -> None:
         row = self._rows[idx]
