@@ -20,6 +20,10 @@ BENCHMARKS = {
         "benchmarks.bench_graph",
         "Ray core vs Ray's Compiled Graph vs raycg: latency, throughput, compile, idle CPU",
     ),
+    "collective": (
+        "benchmarks.bench_collective",
+        "float32 allreduce among 4 processes: raycg's CPU communicator vs torch.distributed gloo",
+    ),
     "tensor": (
         "benchmarks.bench_tensor",
         "an 8 MiB CPU torch tensor vs the same bytes as numpy, echoed through the ring",

@@ -16,6 +16,8 @@ except ImportError as e:  # pragma: no cover - depends on how raycg was installe
     ) from e
 
 from ._channel import Channel
+from ._communicator import Communicator, ForeignCommunicator, ReduceOp, as_communicator
+from ._cpu_comm import CpuCommGroup, CpuCommSpec, CpuCommunicator
 from ._deadline import deadline_after, remaining
 from ._errors import (
     ChannelBroken,
@@ -57,6 +59,13 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "Channel",
+    "Communicator",
+    "CpuCommGroup",
+    "CpuCommSpec",
+    "CpuCommunicator",
+    "ForeignCommunicator",
+    "ReduceOp",
+    "as_communicator",
     "ChannelBroken",
     "ChannelClosed",
     "ChannelError",
