@@ -28,6 +28,10 @@ BENCHMARKS = {
         "benchmarks.bench_tensor",
         "an 8 MiB CPU torch tensor vs the same bytes as numpy, echoed through the ring",
     ),
+    "grpc": (
+        "benchmarks.bench_grpc",
+        "raycg's cross-node gRPC channel vs bare sync and asyncio grpcio streams: round trip, 64 MiB",
+    ),
     "stats": (
         "benchmarks.bench_stats",
         "what graph.stats() recording (on by default) costs per execution",

@@ -85,9 +85,27 @@ def test_reordered_messages_break_the_stream() -> None:
 
 def test_values_are_rebuilt_in_order() -> None:
     assembler = wire.Assembler("edge")
-    got = [assembler.add(m) for m in _messages(3)]
-    values = [_serde.decode(p[0], list(p[1])) for p in got if p is not None]
-    assert [int(v[0]) for v in values] == [0, 1, 2]  # type: ignore[index]
+    firsts = []
+    for m in _messages(3):
+        part = assembler.add(m)
+        if part is not None:  # decoded (copied) before the next value reuses the buffer
+            firsts.append(int(_serde.decode(part[0], [bytes(b) for b in part[1]])[0]))  # type: ignore[index]
+    assert firsts == [0, 1, 2]
+
+
+def test_the_assembly_buffer_is_reused_and_shrinks_after_a_much_larger_value() -> None:
+    assembler = wire.Assembler("edge")
+
+    def assemble(nbytes: int) -> bytearray:
+        meta, raws = _serde.encode(np.zeros(nbytes, dtype=np.uint8))
+        for m in wire.frames(assembler.next_seq, meta, raws, 1 << 20):
+            assembler.add(m)
+        return assembler._spare
+
+    first = assemble(8 << 20)
+    assert assemble(8 << 20) is first  # no new 8 MiB to fault in
+    smaller = assemble(3 << 20)
+    assert smaller is not first and len(smaller) < (4 << 20)  # not kept at 8 MiB for good
 
 
 def test_hello() -> None:

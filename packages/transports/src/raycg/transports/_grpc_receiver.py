@@ -22,11 +22,19 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from . import _futex
 from . import _grpc_wire as wire
-from ._deadline import deadline_after
-from ._errors import ChannelBroken, ChannelClosed, ChannelError, ChannelTimeout
+from ._errors import ChannelBroken, ChannelClosed, ChannelError
 from ._grpc_config import POLL_S
-from ._shm_ring import _BROKEN, _CLOSED_BY_ENDPOINT, ShmRingSpec, _close_shared
+from ._shm_ring import (
+    _BROKEN,
+    _CLOSED,
+    _CLOSED_BY_ENDPOINT,
+    _SPACE_FUTEX,
+    _WRITER_WAITING,
+    ShmRingSpec,
+    _close_shared,
+)
 from ._shm_writer import ShmRingWriter
 
 # A value without out-of-band buffers up to this size tries the ring's C fast path.
@@ -42,7 +50,9 @@ class RingFeed:
     """
 
     def __init__(self, spec: ShmRingSpec):
-        self.writer = ShmRingWriter(spec, liveness_interval_s=POLL_S)
+        # No spin: the credit thread waits for releases that take a network round trip
+        # to matter, and a spin would hold the GIL from the intake thread.
+        self.writer = ShmRingWriter(spec, spin_s=0, liveness_interval_s=POLL_S)
         self._base = self.writer._core.seq
 
     def put(self, meta: memoryview, raws: list[memoryview]) -> None:
@@ -60,14 +70,30 @@ class RingFeed:
         """Values of this stream every reader released."""
         return int(self.writer._core.min_released_now()) - self._base
 
-    def wait_released(self, count: int, timeout_s: float) -> None:
-        """Wait until ``count`` values are released.
+    def wait(self, count: int, timeout_s: float) -> None:
+        """Sleep until ``count`` values are released, :meth:`poke` is called, or
+        ``timeout_s`` passes (the ring's writer-side futex protocol: the flag says we
+        sleep, so releasing readers wake us; the word is read before the check).
 
         Raises:
-            ChannelTimeout: not within ``timeout_s``.
             ChannelClosed, ChannelBroken: the ring was closed or broke, or a reader died.
         """
-        self.writer._wait_space(self._base + count, deadline_after(timeout_s), False)
+        i, addr = self.writer._ctrl.i, self.writer._ctrl.addr
+        expected = i[_SPACE_FUTEX // 4]
+        i[_WRITER_WAITING // 4] = 1
+        _futex.fence()
+        try:
+            if self.released() < count and not i[_CLOSED // 4]:
+                _futex.futex_wait(addr + _SPACE_FUTEX, expected, timeout_s)
+        finally:
+            i[_WRITER_WAITING // 4] = 0
+        self.writer._check_closed()
+        if self.released() < count:
+            self.writer._check_readers_alive(self._base + count)
+
+    def poke(self) -> None:
+        """Wake a :meth:`wait` at once."""
+        _futex.bump_and_wake(self.writer._ctrl.addr + _SPACE_FUTEX)
 
     def end(self, broken: bool) -> None:
         """Mark the ring closed (or broken), waking its readers; keep it mapped."""
@@ -85,11 +111,17 @@ class Receiver:
         name: the channel, for errors.
     """
 
-    def __init__(self, feed: RingFeed, name: str):
+    def __init__(self, feed: RingFeed, name: str, nslots: int):
         self._feed = feed
         self._name = name
-        self._cond = threading.Condition()
+        self._nslots = nslots
+        # Credits go back in batches of half the ring, or at once when the writer may
+        # have spent all it had: one message per value would double the stream's
+        # traffic (and its thread wake-ups) for no gain.
+        self._batch = max(1, nslots // 2)
+        self._lock = threading.Lock()
         self._written = 0
+        self._reported = 0  # the credit last sent: the writer may send below it + nslots
         self._outcome: tuple[bytes, str] | None = None
 
     def serve(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
@@ -111,12 +143,11 @@ class Receiver:
 
     def _end(self, kind: bytes, message: str) -> None:
         """Record how the stream ended (the first call wins) and tell the ring's readers."""
-        with self._cond:
+        with self._lock:
             if self._outcome is not None:
                 return
             self._outcome = (kind, message)
-            self._cond.notify_all()
-        self._feed.end(broken=kind == wire.END_BROKEN)
+        self._feed.end(broken=kind == wire.END_BROKEN)  # wakes the credit thread too
 
     def _take(self, requests: Iterator[bytes]) -> None:
         assembler = wire.Assembler(self._name)
@@ -128,9 +159,9 @@ class Receiver:
                 value = assembler.add(msg)
                 if value is not None:
                     self._feed.put(*value)
-                    with self._cond:
-                        self._written += 1
-                        self._cond.notify_all()
+                    self._written += 1
+                    if self._written >= self._reported + self._nslots:
+                        self._feed.poke()  # the writer may be waiting for credit: send it now
             self._end(wire.END_BROKEN, f"channel {self._name!r}: the writer's stream ended without a close")
         except ChannelClosed:
             self._end(wire.END_CLOSED, f"channel {self._name!r} was closed by a reader")
@@ -140,35 +171,24 @@ class Receiver:
             self._end(wire.END_BROKEN, f"channel {self._name!r}: the stream from the writer failed: {e}")
 
     def _credits(self, context: Any) -> Iterator[bytes]:
-        reported = 0
-        while True:
-            with self._cond:
-                if self._outcome is not None:
-                    break
-                written = self._written
+        while self._outcome is None:
             released = self._feed.released()
-            if released > reported:
-                reported = released
+            owed = released - self._reported
+            if owed >= self._batch or (owed > 0 and self._written >= self._reported + self._nslots):
+                self._reported = released
                 yield wire.credit(released)
-            elif written > reported:
-                self._wait_released(reported + 1)
-            else:
-                self._wait_written(reported)
+                continue
+            self._wait(released + 1)
             if not context.is_active():
                 self._end(wire.END_BROKEN, f"channel {self._name!r}: the writer went away")
         kind, message = self._outcome
         yield wire.end(kind, message)
 
-    def _wait_written(self, count: int) -> None:
-        """Wait (a slice at most) for a value beyond ``count`` to be written, or the end."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._written > count or self._outcome is not None, POLL_S)
-
-    def _wait_released(self, count: int) -> None:
+    def _wait(self, count: int) -> None:
+        """Until a reader releases value ``count - 1``, the intake asks for credit to be
+        sent, or a slice passes."""
         try:
-            self._feed.wait_released(count, POLL_S)
-        except ChannelTimeout:
-            pass  # look at the stream again, then wait on
+            self._feed.wait(count, POLL_S)
         except ChannelClosed:
             self._end(wire.END_CLOSED, f"channel {self._name!r} was closed by a reader")
         except ChannelBroken as e:

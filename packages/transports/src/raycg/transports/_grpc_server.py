@@ -99,7 +99,7 @@ class GrpcServer:
             return
         except (StopIteration, grpc.RpcError):
             return  # the writer left before it said which ring
-        yield from Receiver(feed, spec.name).serve(requests, context)
+        yield from Receiver(feed, spec.name, spec.nslots).serve(requests, context)
 
     def _claim(self, channel_id: str, nslots: int) -> ShmRingSpec:
         with self._cond:

@@ -105,13 +105,17 @@ class Assembler:
     def __init__(self, name: str):
         self._name = name
         self.next_seq = 0
-        self._buf: bytearray | None = None
+        self._buf: memoryview | None = None  # the value being assembled
+        # Kept from value to value: a fresh 64 MiB bytearray costs more in page faults
+        # than the copy into it. (The caller copies a value out before the next comes.)
+        self._spare = bytearray()
         self._filled = 0
         self._meta_len = 0
         self._lengths: tuple[int, ...] = ()
 
     def add(self, msg: bytes) -> tuple[memoryview, list[memoryview]] | None:
-        """Take one V or D message; return (meta, buffers) once a value is whole.
+        """Take one V or D message; return (meta, buffers) once a value is whole. They
+        are views of a buffer that the next large value reuses: copy them out first.
 
         Raises:
             ChannelBroken: the message is not the one expected next.
@@ -138,7 +142,9 @@ class Assembler:
         if len(msg) - at == total:  # the whole value in one message: no copy
             self.next_seq += 1
             return self._split(memoryview(msg)[at:])
-        self._buf = bytearray(total)
+        if not total <= len(self._spare) <= 2 * total + DEFAULT_CHUNK_BYTES:
+            self._spare = bytearray(total)  # grown, or shrunk after a much larger value
+        self._buf = memoryview(self._spare)[:total]
         self._buf[: len(msg) - at] = memoryview(msg)[at:]
         self._filled = len(msg) - at
         return None
@@ -159,7 +165,7 @@ class Assembler:
             return None
         buf, self._buf = self._buf, None
         self.next_seq += 1
-        return self._split(memoryview(buf))
+        return self._split(buf)
 
     def _split(self, payload: memoryview) -> tuple[memoryview, list[memoryview]]:
         meta = payload[: self._meta_len]
