@@ -256,6 +256,61 @@ def test_scatter_gather_dag(patched: list, num_actors: int) -> None:
 # -- test_dag_error_handling.py -------------------------------------------------------------------
 
 
+def test_dag_exception_basic(patched: list) -> None:
+    (a,) = _actors(patched, Actor, 1, 0)
+    with InputNode() as inp:
+        dag = a.inc.bind(inp)
+    compiled_dag = dag.experimental_compile()
+    try:
+        for _ in range(2):
+            with pytest.raises(TypeError) as exc_info:
+                ray.get(compiled_dag.execute("hello"))
+            assert "self.i += x" in str(exc_info.value)
+        assert ray.get(compiled_dag.execute(1)) == 1
+    finally:
+        compiled_dag.teardown()
+
+
+def test_buffered_get_timeout(patched: list) -> None:
+    (a,) = _actors(patched, Actor, 1, 0)
+    with InputNode() as inp:
+        dag = a.sleep.bind(inp)
+    compiled_dag = dag.experimental_compile()
+    try:
+        refs = [compiled_dag.execute(i + 1) for i in range(3)]  # sleeps 1, 2, 3 s
+        with pytest.raises(ray.exceptions.RayChannelTimeoutError):
+            ray.get(refs[-1], timeout=3.5)  # the two before it take 3 s, itself 3 more
+    finally:
+        compiled_dag.teardown()
+
+
+def test_get_with_zero_timeout(patched: list) -> None:
+    from ray._common.test_utils import SignalActor
+
+    @ray.remote(num_cpus=0)
+    class Sender:
+        def __init__(self, signal_actor: object) -> None:
+            self.signal_actor = signal_actor
+
+        def send(self, x: object) -> object:
+            self.signal_actor.send.remote()  # type: ignore[attr-defined]
+            return x
+
+    signal_actor = SignalActor.remote()  # type: ignore[attr-defined]
+    patched.append(signal_actor)
+    (a,) = _actors(patched, Sender, 1, signal_actor)
+    with InputNode() as inp:
+        dag = a.send.bind(inp)
+    compiled_dag = dag.experimental_compile()
+    try:
+        ref = compiled_dag.execute(1)
+        ray.get(signal_actor.wait.remote())
+        time.sleep(0.1)  # Ray's: give the result time to reach the output ring
+        assert ray.get(ref, timeout=0) == 1
+    finally:
+        compiled_dag.teardown()
+
+
 def test_dag_exception_chained(patched: list) -> None:
     (a,) = _actors(patched, Actor, 1, 0)
     with InputNode() as inp:
@@ -422,5 +477,51 @@ def test_multi_arg_exception(patched: list) -> None:
                 ray.get(x)
             with pytest.raises(RuntimeError):
                 ray.get(y)
+    finally:
+        compiled_dag.teardown()
+
+
+def test_asyncio_exceptions(patched: list) -> None:
+    import asyncio
+
+    (a,) = _actors(patched, Actor, 1, 0)
+    with InputNode() as i:
+        dag = a.inc.bind(i)
+    compiled_dag = dag.experimental_compile(enable_asyncio=True)
+
+    async def main() -> None:
+        assert await (await compiled_dag.execute_async(1)) == 1
+        for _ in range(2):
+            fut = await compiled_dag.execute_async("hello")
+            with pytest.raises(TypeError) as exc_info:
+                await fut
+            assert "self.i += x" in str(exc_info.value)
+        assert await (await compiled_dag.execute_async(1)) == 2
+
+    try:
+        asyncio.run(main())
+    finally:
+        compiled_dag.teardown()
+
+
+def test_multi_arg_exception_async(patched: list) -> None:
+    import asyncio
+
+    (a,) = _actors(patched, Actor, 1, 0)
+    with InputNode() as i:
+        o1, o2 = a.return_two_but_raise_exception.bind(i)
+        dag = MultiOutputNode([o1, o2])
+    compiled_dag = dag.experimental_compile(enable_asyncio=True)
+
+    async def main() -> None:
+        for _ in range(3):
+            x, y = await compiled_dag.execute_async(1)
+            with pytest.raises(RuntimeError):
+                await x
+            with pytest.raises(RuntimeError):
+                await y
+
+    try:
+        asyncio.run(main())
     finally:
         compiled_dag.teardown()
