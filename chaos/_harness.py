@@ -74,29 +74,40 @@ def kill_all(stages: list[Any]) -> None:
 
 @contextmanager
 def no_leaks(stages: list[Any]) -> Iterator[None]:
-    """Around a run: afterwards, within CLEANUP_BOUND_S, no new /dev/shm entry, no raycg
-    fd or thread in this process, and no executor left on the surviving stages."""
+    """Around a run: afterwards, within CLEANUP_BOUND_S, no new /dev/shm entry, and on
+    both sides (this process, and each surviving stage, probed through __ray_call__) no
+    raycg fd, mapping or thread beyond the baseline, and no executor left on a stage."""
     from raycg.runtime import actor_running_graphs
-    from raycg.runtime.testing import new_shm_entries, raycg_fds, raycg_threads, shm_entries
+    from raycg.runtime.testing import (
+        actor_resources,
+        new_shm_entries,
+        process_resources,
+        resources_left,
+        shm_entries,
+    )
 
     shm = shm_entries()
+    driver = process_resources()
+    before = {id(s): actor_resources(s) for s in stages}
     yield
     deadline = time.monotonic() + CLEANUP_BOUND_S
     while True:
         problems = []
         if new_shm_entries(shm):
             problems.append(f"/dev/shm: {new_shm_entries(shm)}")
-        if raycg_fds():
-            problems.append(f"fds: {raycg_fds()}")
-        if raycg_threads():
-            problems.append(f"threads: {raycg_threads()}")
+        here = resources_left(driver, process_resources())
+        if here:
+            problems.append(f"driver: {here}")
         for s in stages:
             try:
                 running = actor_running_graphs(s)
+                left = resources_left(before[id(s)], actor_resources(s))
             except ray.exceptions.RayActorError:
                 continue  # the stage we killed
             if running:
                 problems.append(f"executors on {s}: {running}")
+            if left:
+                problems.append(f"in {s}: {left}")
         if not problems:
             return
         if time.monotonic() > deadline:

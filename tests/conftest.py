@@ -57,23 +57,34 @@ def actors(ray_local: None) -> list[ray.actor.ActorHandle]:
 
 @pytest.fixture
 def no_leaks(actors: list[ray.actor.ActorHandle]) -> Iterator[None]:
-    """After the test: no new /dev/shm entry, no new fd in this process, no executor
-    thread left on the shared actors."""
+    """After the test, on both sides: no new /dev/shm entry; in this process and in each
+    shared actor, no raycg fd, mapping or thread beyond what was there before (and no
+    executor left running on the actors)."""
     from raycg.runtime import actor_running_graphs
-    from raycg.runtime.testing import new_shm_entries, raycg_fds, raycg_threads, shm_entries
+    from raycg.runtime.testing import (
+        actor_resources,
+        new_shm_entries,
+        process_resources,
+        resources_left,
+        shm_entries,
+    )
 
     shm = shm_entries()
+    driver = process_resources()
+    before = [actor_resources(a) for a in actors]
     yield
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    while True:
         running = [g for a in actors for g in actor_running_graphs(a)]
-        if not running:
+        left = {i: resources_left(b, actor_resources(a)) for i, (a, b) in enumerate(zip(actors, before))}
+        left = {i: what for i, what in left.items() if what}
+        if (not running and not left) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert not running, f"executors still running on the actors: {running}"
+    assert not left, f"left behind in actors (by index): {left}"
     assert new_shm_entries(shm) == set(), "new entries in /dev/shm"
-    assert raycg_fds() == {}, "raycg fds left open"
-    assert raycg_threads() == [], "raycg threads left running"
+    assert resources_left(driver, process_resources()) == {}, "raycg fds, mappings or threads left here"
 
 
 def wait_process_gone(pid: int, timeout_s: float = 10.0) -> None:

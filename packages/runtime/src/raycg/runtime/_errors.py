@@ -31,6 +31,7 @@ def wrap_task_error(
         "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         task_exception=True,
     )
+    drop_tracebacks(exc)
     return RayTaskError(
         function_name=display_name,
         traceback_str=backtrace,
@@ -39,6 +40,22 @@ def wrap_task_error(
         actor_repr=actor_repr,
         actor_id=actor_id,
     )
+
+
+def drop_tracebacks(exc: BaseException | None) -> None:
+    """Drop the traceback objects of ``exc`` and of the exceptions chained to it.
+
+    Their frames reference the executor (``self``), its channels and their mappings, and
+    the frames reference each other: a failure kept as a value (a task's result) would
+    keep the graph's shared memory mapped, after teardown, until a collection. The text
+    of the traceback is kept (``wrap_task_error`` formats it first)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        if exc.__cause__ is not None:
+            drop_tracebacks(exc.__cause__)
+        exc = exc.__context__
 
 
 def unserializable_result_error(exc: ChannelError, display_name: str, actor_repr: str) -> RayTaskError:

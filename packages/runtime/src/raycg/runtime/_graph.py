@@ -301,6 +301,9 @@ class CompiledGraph:
         process is gone (the monitor may not have polled yet) it is that actor's death;
         otherwise a broken channel. Either way the graph is torn down.
         """
+        # ``e`` becomes the cause of what the caller sees; its frames (the transports'
+        # waits) hold views of the ring's mappings, which must not outlive teardown.
+        _errors.drop_tracebacks(e)
         if isinstance(e, ChannelTimeout) and not isinstance(e, SlotPinned):
             opts = self._plan.options
             configured = opts.get_timeout_s if what == "get" else opts.submit_timeout_s

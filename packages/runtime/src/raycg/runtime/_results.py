@@ -278,14 +278,13 @@ class Results:
         Ring ``zero_copy`` alone is read without a copy (the one ``take`` reads alone)."""
         if self._closed:
             raise self._fault(ChannelClosed(f"{self._name} is torn down"), what)
-        partial = self._partial
         try:
-            for c, reader in enumerate(self._readers):
-                if partial[c] is _MISSING:
-                    self._check_not_pinned_by_us(reader, c)
-                    partial[c] = self._read_value(reader, deadline, c != zero_copy)
+            refused = self._read_rings(deadline, zero_copy)
         except ChannelError as e:
             raise self._fault(e, what) from e
+        if refused is not None:
+            raise refused
+        partial = self._partial
         try:
             row = [self._output(out, partial[c], proj) for out, (c, proj) in enumerate(self._out_map)]
         finally:
@@ -304,6 +303,21 @@ class Results:
             value = row[take]
             self._take(idx, take)
             return value
+
+    def _read_rings(self, deadline: float, zero_copy: int | None) -> Exception | None:
+        """Read each ring's value of the next execution into ``_partial`` (those not read
+        by an earlier try that timed out). Returns the refusal to raise, if a value we
+        hold blocks a ring, rather than raising it here: an exception raised in this
+        frame would hold ``reader`` in its traceback, and so, for as long as the caller
+        keeps the exception, the ring's mappings, even after teardown."""
+        partial = self._partial
+        for c, reader in enumerate(self._readers):
+            if partial[c] is _MISSING:
+                refused = self._pinned_by_us(reader, c)
+                if refused is not None:
+                    return refused
+                partial[c] = self._read_value(reader, deadline, c != zero_copy)
+        return None
 
     def _read_value(self, reader: ShmRingReader, deadline: float, copy: bool) -> Any:
         """The next value of one output ring. One that fails to unpickle here (its slot
@@ -338,7 +352,9 @@ class Results:
         try:
             while sum(partial[c] is _MISSING for c in rings) > 1:
                 for c in [c for c, v in enumerate(partial) if v is _MISSING]:
-                    self._check_not_pinned_by_us(self._readers[c], c)
+                    refused = self._pinned_by_us(self._readers[c], c)
+                    if refused is not None:
+                        raise refused
                     try:
                         partial[c] = self._read_value(
                             self._readers[c], min(deadline, deadline_after(slice_s)), False
@@ -383,18 +399,19 @@ class Results:
         if all(v is _TAKEN for v in row):
             del self._rows[idx]
 
-    def _check_not_pinned_by_us(self, reader: ShmRingReader, channel_index: int) -> None:
-        """Refuse to wait for a value the writer cannot write because a zero-copy value
-        this process holds pins the slot it needs (waiting would only time out)."""
+    def _pinned_by_us(self, reader: ShmRingReader, channel_index: int) -> Exception | None:
+        """The refusal to wait for a value the writer cannot write because a zero-copy
+        value this process holds pins the slot it needs (waiting would only time out)."""
         blocking_seq = reader.next_seq - reader.spec.nslots
         if blocking_seq < 0 or not reader.holds_pins:
-            return
+            return None
         for seq, desc in reader.pinned():
             if seq == blocking_seq:
                 out = next(i for i, (c, _) in enumerate(self._out_map) if c == channel_index)
-                raise RayCgraphCapacityExceeded(
+                return RayCgraphCapacityExceeded(
                     f"{self._name}: execution {reader.next_seq} cannot complete: its output slot is "
                     f"pinned by {desc}, a zero-copy result this process still holds from the ref of "
                     f"execution {seq} (output {out}). Drop that value, or copy it (np.array(value)), "
                     "and execute again"
                 )
+        return None

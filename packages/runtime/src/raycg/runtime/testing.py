@@ -1,7 +1,9 @@
 """Leak checks for tests and the chaos suite: what raycg could leave behind.
 
-Used by tests/ and chaos/ after a graph's end: new /dev/shm entries, raycg memfds
-still open in this process, raycg threads still running.
+Used by tests/ and chaos/ after a graph's end, on both sides: new /dev/shm entries,
+and, in this process and in each actor (:func:`actor_resources`, through
+``__ray_call__``), raycg memfds still open, raycg segments still mapped and raycg
+threads still running.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from typing import Any
 
 # Ray's own Compiled Graph names its semaphores after the creating pid; other sessions
 # on the machine (a benchmark running Ray's graphs, say) create them, and they are not
@@ -86,3 +89,40 @@ def raycg_threads() -> list[str]:
     return [
         t.name for t in threading.enumerate() if t.name.startswith("raycg-") and t.name != "raycg-monitor"
     ]
+
+
+def raycg_mappings() -> list[str]:
+    """This process's mappings of raycg segments (one line of /proc/self/maps each)."""
+    with open("/proc/self/maps") as f:
+        return [line.rstrip() for line in f if "memfd:raycg" in line]
+
+
+def process_resources(_instance: object = None) -> dict[str, list[str]]:
+    """What raycg holds in this process: open fds, mapped segments, threads. Runs on an
+    actor as ``actor.__ray_call__.remote(process_resources)`` (the instance unused)."""
+    return {"fds": sorted(raycg_fds().values()), "mappings": raycg_mappings(), "threads": raycg_threads()}
+
+
+def actor_resources(actor: Any, timeout_s: float = 10.0) -> dict[str, list[str]]:
+    """:func:`process_resources` of ``actor``'s process."""
+    import ray
+
+    ref: Any = actor.__ray_call__.remote(process_resources)
+    got: dict[str, list[str]] = ray.get(ref, timeout=timeout_s)
+    return got
+
+
+def resources_left(before: dict[str, list[str]], after: dict[str, list[str]]) -> dict[str, list[str]]:
+    """What ``after`` holds beyond ``before`` (by count: names repeat), empty kinds left out."""
+    left = {}
+    for kind, now in after.items():
+        base = list(before.get(kind, []))
+        extra = []
+        for item in now:
+            if item in base:
+                base.remove(item)
+            else:
+                extra.append(item)
+        if extra:
+            left[kind] = extra
+    return left
