@@ -137,6 +137,28 @@ def test_a_list_get_that_times_out_uses_up_no_ref(gate: ray.actor.ActorHandle, a
         graph.teardown()
 
 
+def test_list_gets_from_two_threads_each_get_their_own_values(actors: list) -> None:
+    with InputNode() as inp:
+        dag = MultiOutputNode([actors[0].inc.bind(inp), actors[1].echo.bind(inp)])
+    graph = raycg.compile(dag, max_inflight_executions=4)
+    try:
+        refs = [graph.execute(i) for i in range(60)]
+        got: dict[int, list] = {}
+
+        def fetch(parity: int) -> None:
+            for i in reversed(range(parity, 60, 2)):  # latest first: the other thread's buffered too
+                got[i] = ray.get(list(reversed(refs[i])))
+
+        threads = [threading.Thread(target=fetch, args=(p,)) for p in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert got == {i: [i, i + 1] for i in range(60)}
+    finally:
+        graph.teardown()
+
+
 # -- execute() checks its arguments -------------------------------------------------------
 
 
