@@ -55,9 +55,9 @@ pytestmark = [
 
 def test_check() -> None:
     """The first check on the cluster: a plain Ray task pinned to each node, then a graph
-    across the nodes with its time per execution (examples/cluster.py, driven from the
-    head). A raycg that refuses graphs across nodes runs a graph within each node instead,
-    driven from that node."""
+    across the nodes with its time per execution (examples/cluster.py), and the quickstart,
+    driven from the head. A raycg that refuses graphs across nodes runs a graph within
+    each node instead, driven from that node, and the quickstart on a Ray of its own."""
     from ._docker import HEAD, WORKERS
     from ._host import cluster
 
@@ -70,17 +70,31 @@ def test_check() -> None:
             local = _example(c, node, "--local")
             assert f"within node {node}" in local and "us per execution" in local, local
             print(local)
+        # The quickstart's two actors may land on two nodes: a Ray of its own, no network.
+        image = c.container(HEAD).image
+        raw = c.client.containers.run(
+            image,
+            ["python", "examples/quickstart.py", "--n", "200"],
+            network_mode="none",
+            shm_size="1g",
+            remove=True,
+            stderr=True,
+        )
+        quick = raw.decode(errors="replace")
     else:
         assert f"across {1 + len(WORKERS)} nodes" in out and "(pipelined)" in out, out
         print(out)
+        quick = _example(c, HEAD, script="examples/quickstart.py")
+    assert "second graph on the same actors: AGAIN" in quick and "chain of 2" in quick, quick
+    print("\n".join(line for line in quick.splitlines() if not re.search(r"INFO|WARN|network_util", line)))
     for node in (HEAD, *WORKERS):
         assert f"pinned to node:{node} ran on {node}" in out, out
 
 
-def _example(c: object, node: str, *args: str) -> str:
+def _example(c: object, node: str, *args: str, script: str = "examples/cluster.py") -> str:
     from ._docker import Driver
 
-    driver = Driver(c, node, ["python", "examples/cluster.py", "--n", "200", *args])  # type: ignore[arg-type]
+    driver = Driver(c, node, ["python", script, "--n", "200", *args])  # type: ignore[arg-type]
     driver.exit_code(180)
     driver.expect_end(30)
     return "\n".join(line for line in driver.output if "\tINFO " not in line)
