@@ -7,7 +7,7 @@ with microseconds of overhead::
     ray.get(graph.execute(x))
     graph.teardown()
 
-The public API is exactly ../shared/API.md; everything else lives in ``_``-prefixed
+The public API is exactly docs/api.md (in the repository); everything else lives in ``_``-prefixed
 modules or in the packages below (transports, compiler, runtime, proto).
 """
 

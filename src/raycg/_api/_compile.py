@@ -18,7 +18,7 @@ def compile(dag: Any, **options: Any) -> CompiledGraph:
 
     Args:
         dag: the leaf node (or ``MultiOutputNode``) of a DAG of actor method calls.
-        **options: see API.md (``submit_timeout``, ``get_timeout``, ``buffer_size_bytes``,
+        **options: see docs/api.md (``submit_timeout``, ``get_timeout``, ``buffer_size_bytes``,
             ``max_inflight_executions``, ``max_buffered_results``, ``enable_asyncio``,
             ``overlap_gpu_communication``, ``default_communicator``).
 

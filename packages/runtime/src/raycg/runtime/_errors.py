@@ -2,7 +2,7 @@
 
 - :func:`wrap_task_error` runs on the actor when a user's method raises: the result of
   that task becomes a ``RayTaskError`` value that flows downstream like any value.
-- :func:`to_ray_error` runs on the caller: a transport error becomes what API.md's
+- :func:`to_ray_error` runs on the caller: a transport error becomes what docs/api.md's
   Failures table promises.
 """
 

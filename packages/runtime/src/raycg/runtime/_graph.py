@@ -168,7 +168,7 @@ class CompiledGraph:
             RayCgraphCapacityExceeded: the result buffer is full too, or the ring is
                 blocked by a zero-copy result this process holds (named).
             RayChannelTimeoutError: no room within ``submit_timeout``.
-            ActorDiedError, RayChannelError: see API.md's Failures table.
+            ActorDiedError, RayChannelError: see docs/api.md's Failures table.
         """
         self._inputs.check(args, kwargs)
         idx = self._submit(args, kwargs, self._submit_timeout_s)
@@ -329,7 +329,7 @@ class CompiledGraph:
     def _check_usable(self, pending: int | None = None) -> None:
         if self._died is not None:
             # Pending executions and the first call after the death: ActorDiedError;
-            # later calls: RayChannelError caused by it (API.md, Failures).
+            # later calls: RayChannelError caused by it (docs/api.md, Failures).
             if pending is not None and pending < self._died_at_exec:
                 raise self._death_error()
             if not self._died_reported:

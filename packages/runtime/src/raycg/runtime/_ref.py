@@ -116,7 +116,7 @@ for _cls in (GraphRef, GraphFuture):
 # Ray's ray.get (ray/_private/worker.py) fetches a list of CompiledDAGRefs one by one,
 # ``[ref.get(timeout=timeout) for ref in refs]``, and leaves it to its DAG's reader to
 # fail fast: a failed task fails every ref of its execution. raycg keeps a failure to
-# its own ref (API.md), so the list itself must be seen to raise at once for it rather
+# its own ref (docs/api.md), so the list itself must be seen to raise at once for it rather
 # than after its slowest sibling, as ray.get does for ObjectRefs. The hook below is
 # that list branch for raycg's refs; every other call goes to Ray's ray.get unchanged.
 
