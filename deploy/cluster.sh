@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 PROJECT=${RAYCG_PROJECT:-raycg}
 STATE=deploy/.state
 PY=${RAYCG_PYTHON:-.venv/bin/python}
-EXTRAS=${RAYCG_EXTRAS:-grpc}
+EXTRAS=${RAYCG_EXTRAS:-}
 BASE_PACKAGES=python3,python3-venv,ca-certificates,procps,iproute2
 JOIN_TIMEOUT_S=${RAYCG_JOIN_TIMEOUT_S:-180}
 mkdir -p "$STATE"

@@ -2,7 +2,7 @@
 of the extras named (comma-separated; an extra that is not declared is skipped, so a
 build keeps working when an extra is folded into the core dependencies).
 
-    python3 deploy/requirements.py grpc,torch [pyproject.toml]
+    python3 deploy/requirements.py torch [pyproject.toml]
 """
 
 from __future__ import annotations
