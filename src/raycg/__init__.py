@@ -30,6 +30,8 @@ def __getattr__(name: str) -> Any:
         from . import _api
 
         return getattr(_api, name)
+    if name == "collective":  # a module (API.md), imported on first use like the rest
+        return __import__(f"{__name__}.collective", fromlist=["_"])
     raise AttributeError(f"module 'raycg' has no attribute {name!r}")
 
 

@@ -10,10 +10,11 @@ import ray
 from compiler_helpers import OPTIONS, compile_debug
 from ray.dag import InputNode, MultiOutputNode
 
+import raycg.collective as raycg_collective
 from raycg.compiler import run_passes
 from raycg.compiler._emit import emit_plan
 from raycg.compiler.ir import Actor, FirstArg, Graph, Node, Ref
-from raycg.proto import ArgPlan, Participant, Plan, Projection, Transport
+from raycg.proto import ArgPlan, CollectiveKind, CollectivePlan, Participant, Plan, Projection, Transport
 
 
 def _who(p: Participant, names: dict[str, str]) -> str:
@@ -243,3 +244,30 @@ def test_an_input_read_only_on_other_nodes_goes_out_by_grpc_alone() -> None:
     names = {"a" * 32: "a", "b" * 32: "b", "c" * 32: "c"}
     assert _channels(plan, names)[0] == "ch0 GRPC driver -> a,c slots=10"
     assert list(plan.input_channel_ids) == ["ch0"] and plan.input_channel_id == "ch0"
+
+
+def test_a_collective_is_each_member_actors_task(actors: list[Any]) -> None:
+    a, b = actors[:2]
+    with InputNode() as inp:
+        xs = [a.add.bind(inp), b.add.bind(inp)]
+        dag = MultiOutputNode(raycg_collective.broadcast.bind(xs, src_rank=1))
+    compiled = compile_debug(dag)
+    plan, names = compiled.plan, _names(a, b)
+    parts = [t for actor in plan.actors for t in actor.tasks if t.HasField("collective")]
+    assert [
+        (names[p.actor_id], t.display_name, t.method) for p, t in zip(plan.actors, parts, strict=True)
+    ] == [
+        ("a", "broadcast(Echo.add)", ""),
+        ("b", "broadcast(Echo.add)", ""),
+    ]
+    assert [(c.collective.rank, c.collective.src_rank) for c in parts] == [(0, 1), (1, 1)]
+    assert parts[0].collective == CollectivePlan(
+        collective_id="coll0",
+        kind=CollectiveKind.BROADCAST,
+        members=[a._actor_id.hex(), b._actor_id.hex()],
+        rank=0,
+        src_rank=1,
+        transport="auto",
+    )
+    assert [t.inputs for t in parts] == [["ch1"], ["ch2"]]  # each member's own tensor (in process)
+    assert "%echo0_broadcast = collective[echo0.broadcast](%echo0_add)" in str(compiled.graph)

@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from compiler_helpers import plain_function
 from ray.dag import InputNode, MultiOutputNode
+from ray.experimental.collective import allreduce
+from ray.experimental.util.types import ReduceOp
 
 from raycg.compiler._frontend import read_dag
 from raycg.compiler.ir import Const, FirstArg, Graph, Index, Key, Node, Ref
@@ -138,3 +140,29 @@ def test_long_chain_needs_no_recursion(actors: list[Any]) -> None:
 def test_not_a_dag_node() -> None:
     with pytest.raises(TypeError, match="DAG node"):
         read_dag(42)
+
+
+def test_collectives_become_one_node_per_member(actors: list[Any]) -> None:
+    a, b = actors[:2]
+    with InputNode() as inp:
+        xs = [a.add.bind(inp), b.add.bind(inp)]
+        ys = [a.add.bind(inp), b.add.bind(inp)]
+        outs = allreduce.bind([xs, ys], op=ReduceOp.MAX)  # two tensors per actor: two results each
+        dag = MultiOutputNode([outs[0][1], outs[1][0], outs[0][0], outs[1][1]])
+    graph = read_dag(dag)
+    graph.lint()
+    members = graph.nodes_of("collective")
+    assert [(m.target, m.num_returns, len(m.args)) for m in members] == [
+        ("echo0.allreduce.MAX", 2, 2),
+        ("echo1.allreduce.MAX", 2, 2),
+    ]
+    coll = members[0].meta["collective"]
+    assert coll is members[1].meta["collective"] and coll.members == members
+    assert (coll.kind, coll.reduce_op, coll.transport) == ("allreduce", "MAX", "auto")
+    assert coll.actor_ids == [a._actor_id.hex(), b._actor_id.hex()]
+    assert [_ref(r).projections for r in graph.output_node.args] == [
+        (Index(1),),
+        (Index(0),),
+        (Index(0),),
+        (Index(1),),
+    ]

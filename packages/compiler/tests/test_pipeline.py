@@ -22,7 +22,13 @@ def _graph() -> Graph:
 
 
 def test_the_passes_in_order() -> None:
-    assert [p.__name__ for p in PASSES] == ["validate", "assign_transports", "schedule", "size_buffers"]
+    assert [p.__name__ for p in PASSES] == [
+        "validate",
+        "assign_transports",
+        "assign_tensor_transports",
+        "schedule",
+        "size_buffers",
+    ]
     graph = _graph()
     run_passes(graph, debug=True)
     assert str(graph).splitlines()[1] == "%echo0_echo = call[echo0.echo](%inp)  transport=shm slots=2"

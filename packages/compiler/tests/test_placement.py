@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import ray
 from ray.dag import InputNode
 
@@ -20,11 +21,14 @@ def test_live_actors_on_the_driver_node(actors: list[Any]) -> None:
     driver = ray.get_runtime_context().get_node_id()
     assert graph.driver_node_id == driver
     assert [(x.node_id, x.dead_reason) for x in graph.actors.values()] == [(driver, None)] * 2
+    assert [x.gpu_ids for x in graph.actors.values()] == [[], []]  # CPU actors: Ray assigned no GPU
 
 
 def test_dead_and_busy_actors_are_recorded(new_actor: Callable[[], Any], actors: list[Any]) -> None:
     dead, busy = new_actor(), new_actor()
     ray.kill(dead)
+    with pytest.raises(ray.exceptions.RayActorError):  # the kill is asynchronous: wait for it
+        ray.get(dead.echo.remote(None), timeout=30)
     busy.sleep.remote(5)
     with InputNode() as inp:
         graph = read_dag(busy.echo.bind(dead.echo.bind(actors[0].echo.bind(inp))))

@@ -9,8 +9,10 @@ import pytest
 import ray
 from compiler_helpers import compile_debug
 from ray.dag import InputNode, MultiOutputNode
+from ray.experimental.collective import allreduce
 
-from raycg.compiler.ir import Actor, FirstArg, Graph, Node, Ref
+import raycg.collective as raycg_collective
+from raycg.compiler.ir import Actor, Collective, FirstArg, Graph, Node, Ref
 from raycg.compiler.passes import schedule
 
 
@@ -168,3 +170,102 @@ def test_every_node_after_its_inputs_and_actors_in_first_use_order(actors: list[
         assert all(src.meta["order"] < node.meta["order"] for src in node.inputs())
     first_use = [c._actor_id.hex(), a._actor_id.hex(), b._actor_id.hex()]
     assert list(graph.meta["schedule"]) == first_use
+
+
+def test_p2p_and_a_collective_in_opposite_orders_on_two_actors(actors: list[Any]) -> None:
+    a, b = actors[:2]
+    with InputNode() as inp:
+        send = a.add.bind(inp, 1)  # a: the transfer to b first, then the collective
+        ya, yb = a.add.bind(inp, 2), b.add.bind(inp, 3)
+        ca, cb = allreduce.bind([ya, yb])
+        recv = b.add.bind(send, cb)  # b: the collective first, then the transfer from a
+        dag = MultiOutputNode([a.add.bind(ca), recv])
+    compiled = compile_debug(dag)
+    # Names follow the frontend's walk from the outputs (send is %echo0_add_2); the order
+    # is bind order: send, ya, the allreduce, a's last task.
+    assert _schedule_lines(compiled.graph) == [
+        "schedule[echo0] = %echo0_add_2, %echo0_add, %echo0_allreduce, %echo0_add_1",
+        "schedule[echo1] = %echo1_add, %echo1_allreduce, %echo1_add_1",
+    ]
+    (stage0, _) = compiled.plan.actors
+    assert [ray.cloudpickle.loads(t.args[1].constant) for t in stage0.tasks[:2]] == [1, 2]
+    positions = {n.name: n.meta["order"] for n in compiled.graph.nodes}
+    assert positions["echo1_allreduce"] == positions["echo0_allreduce"] + 1  # members placed together
+
+
+def test_collectives_in_bind_order_on_every_member(actors: list[Any]) -> None:
+    a, b, c = actors
+    with InputNode() as inp:
+        first = allreduce.bind([a.add.bind(inp), b.add.bind(inp), c.add.bind(inp)])
+        second = raycg_collective.allgather.bind([b.add.bind(first[1]), a.add.bind(first[0])])
+        dag = MultiOutputNode([*second, first[2]])
+    lines = _schedule_lines(compile_debug(dag).graph)
+    assert lines == [
+        "schedule[echo0] = %echo0_add, %echo0_allreduce, %echo0_add_1, %echo0_allgather",
+        "schedule[echo1] = %echo1_add, %echo1_allreduce, %echo1_add_1, %echo1_allgather",
+        "schedule[echo2] = %echo2_add, %echo2_allreduce",
+    ]
+
+
+def _collective_graph(a_order: list[str], b_order: list[str]) -> Graph:
+    """Two actors, two allreduces over both (c1 on x, c2 on c1's result) and a transfer
+    a.t -> b.u; each actor's bind order as given (names: x, c1, c2, t on a; x, c1, c2, u on b)."""
+    graph = Graph()
+    a = Actor("aa" * 16, "Stage", "stage0", None)
+    b = Actor("bb" * 16, "Stage", "stage1", None)
+    inp = graph.add_node(Node("inp", "input", "InputNode"))
+    nodes: dict[str, Node] = {}
+
+    def add(name: str, actor: Actor, op: Any, args: list[Any]) -> Node:
+        nodes[name] = graph.add_node(Node(name, op, f"Stage.{name[:-1]}", actor, name[:-1], args=args))
+        return nodes[name]
+
+    c1 = Collective("coll0", "allreduce", [a.actor_id, b.actor_id], reduce_op="SUM")
+    c2 = Collective("coll1", "allreduce", [a.actor_id, b.actor_id], reduce_op="SUM")
+    for actor, tag in ((a, "a"), (b, "b")):
+        add(f"x{tag}", actor, "call", [Ref(inp, (FirstArg(),))])
+        for coll, name, src in ((c1, "c1", "x"), (c2, "c2", "c1")):
+            member = add(f"{name}{tag}", actor, "collective", [Ref(nodes[f"{src}{tag}"])])
+            member.meta["collective"] = coll
+            coll.members.append(member)
+    add("ta", a, "call", [Ref(nodes["xa"])])
+    add("ub", b, "call", [Ref(nodes["ta"])])
+    outs = [Ref(nodes[n]) for n in ("c2a", "c2b", "ub")]
+    graph.add_node(Node("out", "output", "output", args=outs, meta={"multi_output": True}))
+    for name in a_order:
+        nodes[f"{name}a" if name != "t" else "ta"].meta["bind_index"] = a_order.index(name)
+    for name in b_order:
+        nodes[f"{name}b" if name != "u" else "ub"].meta["bind_index"] = b_order.index(name)
+    return graph
+
+
+def test_hand_built_collectives_and_a_transfer_in_opposite_orders() -> None:
+    graph = _collective_graph(["x", "t", "c1", "c2"], ["x", "c1", "c2", "u"])
+    schedule(graph)
+    assert _schedule_lines(graph) == [
+        "schedule[stage0] = %xa, %ta, %c1a, %c2a",
+        "schedule[stage1] = %xb, %c1b, %c2b, %ub",
+    ]
+
+
+def test_two_collectives_bound_in_opposite_orders_are_refused() -> None:
+    graph = _collective_graph(["x", "c2", "c1", "t"], ["x", "c1", "c2", "u"])
+    with pytest.raises(ValueError, match=r"^This DAG cannot be compiled because it will deadlock") as info:
+        schedule(graph)
+    message = str(info.value)
+    assert "Stage.c2 (%c2a) reads Stage.c1 (%c1a)" in message or "enters coll" in message
+    assert "%c1a" in message and "%c2a" in message
+
+
+def test_a_transfer_a_collective_waits_for_is_refused() -> None:
+    # stage0 runs the collective before t; stage1 runs u (which reads t) before it.
+    graph = _collective_graph(["x", "c1", "c2", "t"], ["x", "u", "c1", "c2"])
+    with pytest.raises(ValueError) as info:
+        schedule(graph)
+    assert str(info.value).split("waits on itself: ")[1] == (
+        "actor Stage(aaaaaa) computes Stage.c2 (%c2a), then Stage.t (%ta); "
+        "Stage.u (%ub) reads Stage.t (%ta); "
+        "actor Stage(bbbbbb) computes Stage.u (%ub), then Stage.c1 (%c1b); "
+        "Stage.c1 (%c1a) enters coll0 only with Stage.c1 (%c1b); Stage.c2 (%c2a) reads Stage.c1 (%c1a); "
+        "bind each actor's tasks in an order its inputs allow"
+    )

@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 import ray
-from compiler_helpers import Echo, compile_debug, plain_function
+from compiler_helpers import OPTIONS, Echo, compile_debug, plain_function
 from ray.dag import InputNode, MultiOutputNode
 
+import raycg.collective as raycg_collective
+from raycg.compiler.ir import Actor, Collective, FirstArg, Graph, Node, Ref
+from raycg.compiler.passes import validate
 from raycg.proto import Projection
 
 
@@ -91,6 +94,8 @@ def test_result_read_by_a_task_that_is_not_compiled(actors: list[Any]) -> None:
 def test_dead_actor_then_fixed(new_actor: Callable[[], Any], actors: list[Any]) -> None:
     doomed = new_actor()
     ray.kill(doomed)
+    with pytest.raises(ray.exceptions.RayActorError):  # the kill is asynchronous: wait for it
+        ray.get(doomed.echo.remote(None), timeout=30)
     with InputNode() as inp:
         dag = actors[0].echo.bind(doomed.echo.bind(inp))
     label = re.escape(f"Echo({doomed._actor_id.hex()[:6]})")
@@ -174,3 +179,39 @@ def test_the_input_alone_is_no_graph(ray_local: None) -> None:
         pass
     with pytest.raises(ValueError, match=r"^the DAG ends with the InputNode"):
         compile_debug(inp)
+
+
+def test_a_collective_repeating_an_actor_is_refused_at_bind(actors: list[Any]) -> None:
+    a = actors[0]
+    with InputNode() as inp, pytest.raises(ValueError, match="Expected unique actor handles"):
+        raycg_collective.allreduce.bind([a.add.bind(inp), a.add.bind(inp)])
+
+
+def test_a_collective_repeating_an_actor_is_refused_at_compile() -> None:
+    graph = Graph(OPTIONS)
+    a = Actor("aa" * 16, "Stage", "stage0", None, node_id="n")
+    graph.actors[a.actor_id] = a
+    inp = graph.add_node(Node("inp", "input", "InputNode"))
+    coll = Collective("coll0", "allreduce", [a.actor_id, a.actor_id], reduce_op="SUM")
+    for i in range(2):
+        x = graph.add_node(Node(f"x{i}", "call", "Stage.x", a, "x", args=[Ref(inp, (FirstArg(),))]))
+        member = graph.add_node(Node(f"c{i}", "collective", "allreduce.SUM(Stage.x)", a, "c", args=[Ref(x)]))
+        member.meta["collective"] = coll
+        coll.members.append(member)
+    outs = [Ref(m) for m in coll.members]
+    graph.add_node(Node("out", "output", "output", args=outs, meta={"multi_output": True}))
+    with pytest.raises(
+        ValueError, match=r"allreduce\.SUM \(coll0\) takes part twice on actor Stage\(aaaaaa\)"
+    ):
+        validate(graph)
+
+
+def test_a_nccl_collective_on_cpu_actors_is_refused(actors: list[Any]) -> None:
+    a, b = actors[:2]
+    with InputNode() as inp:
+        dag = MultiOutputNode(
+            raycg_collective.allreduce.bind([a.add.bind(inp), b.add.bind(inp)], transport="nccl")
+        )
+    label = re.escape(f"Echo({a._actor_id.hex()[:6]})")
+    with pytest.raises(ValueError, match=rf"allreduce\.SUM over NCCL .* but actor {label} has none"):
+        compile_debug(dag)

@@ -3,10 +3,12 @@ refused before anything is created, naming it."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from runtime_plans import add_channel
 
-from raycg.proto import Plan, Transport
+from raycg.proto import CollectiveKind, CollectivePlan, Plan, TensorTransport, Transport
 from raycg.runtime import _setup
 
 
@@ -39,3 +41,47 @@ def test_the_driver_end_is_named_with_its_node() -> None:
         NotImplementedError, match=r"from actor Adder\(bbbbbb\) \(node node-2\) to the driver \(node node-1\)"
     ):
         _setup.refuse_unsupported(plan)
+
+
+def _one_node_plan() -> Plan:
+    plan = Plan(graph_id="g" * 32, driver_node_id="node-1", input_channel_id="ch0")
+    for a in ("aa", "bb"):
+        plan.actors.add(actor_id=a * 16, actor_label=f"Adder({a * 3})", node_id="node-1")
+    add_channel(plan, "ch0", Transport.SHM, None, ["aa" * 16, "bb" * 16])
+    return plan
+
+
+def test_a_collective_is_refused_naming_it_and_its_members() -> None:
+    plan = _one_node_plan()
+    for rank, actor in enumerate(plan.actors):
+        task = actor.tasks.add(display_name="allreduce.SUM(Adder.add)", inputs=["ch0"])
+        task.collective.CopyFrom(
+            CollectivePlan(
+                collective_id="coll0",
+                kind=CollectiveKind.ALLREDUCE,
+                reduce_op="SUM",
+                members=["aa" * 16, "bb" * 16],
+                rank=rank,
+            )
+        )
+    with pytest.raises(
+        NotImplementedError,
+        match=re.escape(
+            "allreduce.SUM(Adder.add) (coll0, members Adder(aaaaaa), Adder(bbbbbb)): "
+            "raycg.runtime cannot run collectives yet"
+        ),
+    ):
+        _setup.create_rings(plan, _setup.Resources())
+
+
+def test_tensors_planned_through_nccl_are_refused() -> None:
+    plan = _one_node_plan()
+    add_channel(plan, "ch1", Transport.SHM, "aa" * 16, ["bb" * 16])
+    plan.channels[1].tensor.transport = TensorTransport.TENSOR_ACCELERATOR
+    plan.channels[1].tensor.written = "Adder.add: TorchTensorType(transport='accelerator', device='default')"
+    with pytest.raises(
+        NotImplementedError, match=r"^ch1: its tensors are planned to go through NCCL \(Adder\.add: "
+    ):
+        _setup.refuse_unsupported(plan)
+    plan.channels[1].tensor.transport = TensorTransport.TENSOR_SHM
+    _setup.refuse_unsupported(plan)  # through the ring: runs

@@ -7,6 +7,9 @@ from .plan_pb2 import (
     ActorStatus,
     ArgPlan,
     ChannelPlan,
+    CollectiveKind,
+    CollectivePlan,
+    Device,
     ErrorReport,
     KwArgPlan,
     Options,
@@ -17,6 +20,8 @@ from .plan_pb2 import (
     ShmEndpoint,
     TaskPlan,
     Teardown,
+    TensorHint,
+    TensorTransport,
     Transport,
 )
 
@@ -26,6 +31,9 @@ __all__ = [
     "ActorStatus",
     "ArgPlan",
     "ChannelPlan",
+    "CollectiveKind",
+    "CollectivePlan",
+    "Device",
     "ErrorReport",
     "KwArgPlan",
     "Options",
@@ -36,5 +44,7 @@ __all__ = [
     "ShmEndpoint",
     "TaskPlan",
     "Teardown",
+    "TensorHint",
+    "TensorTransport",
     "Transport",
 ]

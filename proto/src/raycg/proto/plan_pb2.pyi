@@ -13,10 +13,57 @@ class Transport(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INPROC: _ClassVar[Transport]
     SHM: _ClassVar[Transport]
     GRPC: _ClassVar[Transport]
+
+class TensorTransport(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TENSOR_TRANSPORT_UNSPECIFIED: _ClassVar[TensorTransport]
+    TENSOR_SHM: _ClassVar[TensorTransport]
+    TENSOR_ACCELERATOR: _ClassVar[TensorTransport]
+    TENSOR_COMMUNICATOR: _ClassVar[TensorTransport]
+
+class Device(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEVICE_DEFAULT: _ClassVar[Device]
+    DEVICE_CPU: _ClassVar[Device]
+    DEVICE_GPU: _ClassVar[Device]
+
+class CollectiveKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COLLECTIVE_KIND_UNSPECIFIED: _ClassVar[CollectiveKind]
+    ALLREDUCE: _ClassVar[CollectiveKind]
+    ALLGATHER: _ClassVar[CollectiveKind]
+    REDUCESCATTER: _ClassVar[CollectiveKind]
+    BROADCAST: _ClassVar[CollectiveKind]
 TRANSPORT_UNSPECIFIED: Transport
 INPROC: Transport
 SHM: Transport
 GRPC: Transport
+TENSOR_TRANSPORT_UNSPECIFIED: TensorTransport
+TENSOR_SHM: TensorTransport
+TENSOR_ACCELERATOR: TensorTransport
+TENSOR_COMMUNICATOR: TensorTransport
+DEVICE_DEFAULT: Device
+DEVICE_CPU: Device
+DEVICE_GPU: Device
+COLLECTIVE_KIND_UNSPECIFIED: CollectiveKind
+ALLREDUCE: CollectiveKind
+ALLGATHER: CollectiveKind
+REDUCESCATTER: CollectiveKind
+BROADCAST: CollectiveKind
+
+class TensorHint(_message.Message):
+    __slots__ = ("transport", "device", "static_shape", "direct_return", "written")
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    STATIC_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_RETURN_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    transport: TensorTransport
+    device: Device
+    static_shape: bool
+    direct_return: bool
+    written: str
+    def __init__(self, transport: _Optional[_Union[TensorTransport, str]] = ..., device: _Optional[_Union[Device, str]] = ..., static_shape: _Optional[bool] = ..., direct_return: _Optional[bool] = ..., written: _Optional[str] = ...) -> None: ...
 
 class Participant(_message.Message):
     __slots__ = ("driver", "actor_id")
@@ -27,7 +74,7 @@ class Participant(_message.Message):
     def __init__(self, driver: _Optional[bool] = ..., actor_id: _Optional[str] = ...) -> None: ...
 
 class ChannelPlan(_message.Message):
-    __slots__ = ("channel_id", "transport", "writer", "readers", "num_slots", "slot_size_bytes", "label")
+    __slots__ = ("channel_id", "transport", "writer", "readers", "num_slots", "slot_size_bytes", "label", "tensor")
     CHANNEL_ID_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     WRITER_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +82,7 @@ class ChannelPlan(_message.Message):
     NUM_SLOTS_FIELD_NUMBER: _ClassVar[int]
     SLOT_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
     channel_id: str
     transport: Transport
     writer: Participant
@@ -42,7 +90,8 @@ class ChannelPlan(_message.Message):
     num_slots: int
     slot_size_bytes: int
     label: str
-    def __init__(self, channel_id: _Optional[str] = ..., transport: _Optional[_Union[Transport, str]] = ..., writer: _Optional[_Union[Participant, _Mapping]] = ..., readers: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., num_slots: _Optional[int] = ..., slot_size_bytes: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
+    tensor: TensorHint
+    def __init__(self, channel_id: _Optional[str] = ..., transport: _Optional[_Union[Transport, str]] = ..., writer: _Optional[_Union[Participant, _Mapping]] = ..., readers: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., num_slots: _Optional[int] = ..., slot_size_bytes: _Optional[int] = ..., label: _Optional[str] = ..., tensor: _Optional[_Union[TensorHint, _Mapping]] = ...) -> None: ...
 
 class Projection(_message.Message):
     __slots__ = ("index", "key", "first_arg")
@@ -73,7 +122,7 @@ class KwArgPlan(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[_Union[ArgPlan, _Mapping]] = ...) -> None: ...
 
 class TaskPlan(_message.Message):
-    __slots__ = ("task_id", "method", "display_name", "inputs", "args", "kwargs", "num_returns", "outputs")
+    __slots__ = ("task_id", "method", "display_name", "inputs", "args", "kwargs", "num_returns", "outputs", "collective")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +131,7 @@ class TaskPlan(_message.Message):
     KWARGS_FIELD_NUMBER: _ClassVar[int]
     NUM_RETURNS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIVE_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     method: str
     display_name: str
@@ -90,19 +140,40 @@ class TaskPlan(_message.Message):
     kwargs: _containers.RepeatedCompositeFieldContainer[KwArgPlan]
     num_returns: int
     outputs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, task_id: _Optional[int] = ..., method: _Optional[str] = ..., display_name: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[_Union[ArgPlan, _Mapping]]] = ..., kwargs: _Optional[_Iterable[_Union[KwArgPlan, _Mapping]]] = ..., num_returns: _Optional[int] = ..., outputs: _Optional[_Iterable[str]] = ...) -> None: ...
+    collective: CollectivePlan
+    def __init__(self, task_id: _Optional[int] = ..., method: _Optional[str] = ..., display_name: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[_Union[ArgPlan, _Mapping]]] = ..., kwargs: _Optional[_Iterable[_Union[KwArgPlan, _Mapping]]] = ..., num_returns: _Optional[int] = ..., outputs: _Optional[_Iterable[str]] = ..., collective: _Optional[_Union[CollectivePlan, _Mapping]] = ...) -> None: ...
+
+class CollectivePlan(_message.Message):
+    __slots__ = ("collective_id", "kind", "reduce_op", "members", "rank", "src_rank", "transport")
+    COLLECTIVE_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REDUCE_OP_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SRC_RANK_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    collective_id: str
+    kind: CollectiveKind
+    reduce_op: str
+    members: _containers.RepeatedScalarFieldContainer[str]
+    rank: int
+    src_rank: int
+    transport: str
+    def __init__(self, collective_id: _Optional[str] = ..., kind: _Optional[_Union[CollectiveKind, str]] = ..., reduce_op: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., rank: _Optional[int] = ..., src_rank: _Optional[int] = ..., transport: _Optional[str] = ...) -> None: ...
 
 class ActorPlan(_message.Message):
-    __slots__ = ("actor_id", "actor_label", "node_id", "tasks")
+    __slots__ = ("actor_id", "actor_label", "node_id", "tasks", "gpu_ids")
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     ACTOR_LABEL_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    GPU_IDS_FIELD_NUMBER: _ClassVar[int]
     actor_id: str
     actor_label: str
     node_id: str
     tasks: _containers.RepeatedCompositeFieldContainer[TaskPlan]
-    def __init__(self, actor_id: _Optional[str] = ..., actor_label: _Optional[str] = ..., node_id: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskPlan, _Mapping]]] = ...) -> None: ...
+    gpu_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, actor_id: _Optional[str] = ..., actor_label: _Optional[str] = ..., node_id: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskPlan, _Mapping]]] = ..., gpu_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OutputPlan(_message.Message):
     __slots__ = ("channel_id", "projections", "display_name")

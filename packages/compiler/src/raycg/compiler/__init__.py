@@ -5,7 +5,17 @@ with the runtime, ``CompiledPlan.graph`` the IR (``print`` it to see the compile
 """
 
 from ._compile import CompiledPlan, compile_plan
+from ._frontend import BroadcastOp
 from ._pipeline import PASSES, PassFailed, run_passes
 from .ir import Graph, Node
 
-__all__ = ["PASSES", "CompiledPlan", "Graph", "Node", "PassFailed", "compile_plan", "run_passes"]
+__all__ = [
+    "PASSES",
+    "BroadcastOp",
+    "CompiledPlan",
+    "Graph",
+    "Node",
+    "PassFailed",
+    "compile_plan",
+    "run_passes",
+]

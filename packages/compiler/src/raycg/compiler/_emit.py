@@ -20,12 +20,17 @@ from raycg.proto import (
     ActorPlan,
     ArgPlan,
     ChannelPlan,
+    CollectiveKind,
+    CollectivePlan,
+    Device,
     KwArgPlan,
     OutputPlan,
     Participant,
     Plan,
     Projection,
     TaskPlan,
+    TensorHint,
+    TensorTransport,
     Transport,
 )
 
@@ -33,6 +38,14 @@ from . import ir
 from .ir import Graph, Node
 
 _CHANNEL_KINDS = (Transport.SHM, Transport.GRPC, Transport.INPROC)
+_TENSOR_KINDS = (
+    TensorTransport.TENSOR_TRANSPORT_UNSPECIFIED,
+    TensorTransport.TENSOR_SHM,
+    TensorTransport.TENSOR_ACCELERATOR,
+    TensorTransport.TENSOR_COMMUNICATOR,
+)
+_DEVICES = {"default": Device.DEVICE_DEFAULT, "cpu": Device.DEVICE_CPU, "gpu": Device.DEVICE_GPU}
+Kind = tuple["Transport.ValueType", "TensorTransport.ValueType"]  # what one channel carries
 
 
 def emit_plan(graph: Graph) -> Plan:
@@ -53,14 +66,14 @@ class _Emitter:
             driver_node_id=graph.driver_node_id or "",
         )
         self.plan.options.CopyFrom(graph.options)
-        self.channel_ids: dict[tuple[Node, Transport.ValueType], str] = {}
+        self.channel_ids: dict[tuple[Node, Kind], str] = {}
 
     def emit(self) -> Plan:
         for node in self.graph.nodes:
             if node.op != "output":
                 self._add_channels(node)
         (inp,) = self.graph.nodes_of("input")
-        inputs = [self.channel_ids[(inp, k)] for k in _CHANNEL_KINDS if (inp, k) in self.channel_ids]
+        inputs = self._channels_of(inp)
         self.plan.input_channel_ids.extend(inputs)
         self.plan.input_channel_id = inputs[0]
         for actor_id, tasks in self.graph.meta["schedule"].items():
@@ -69,28 +82,34 @@ class _Emitter:
         return self.plan
 
     def _add_channels(self, node: Node) -> None:
-        transport_to: dict[Node, Transport.ValueType] = node.meta["transport_to"]
-        for kind in _CHANNEL_KINDS:
-            users = [u for u in node.users if transport_to[u] == kind]
+        """One channel per (transport, tensor transport) that the node's edges need."""
+        for kind in ((t, tt) for t in _CHANNEL_KINDS for tt in _TENSOR_KINDS):
+            users = [u for u in node.users if _kind(node, u) == kind]
             if not users:
                 continue
             channel_id = f"ch{len(self.plan.channels)}"
             self.channel_ids[(node, kind)] = channel_id
             readers = list(dict.fromkeys(_participant_key(u) for u in users))  # distinct, first use first
-            self.plan.channels.append(
-                ChannelPlan(
-                    channel_id=channel_id,
-                    transport=kind,
-                    writer=_participant(_participant_key(node)),
-                    readers=[_participant(r) for r in readers],
-                    num_slots=node.meta["slots"][kind],
-                    slot_size_bytes=node.meta["slot_size_bytes"],
-                    label=f"{_label(node)} -> {', '.join(dict.fromkeys(_label(u) for u in users))}",
-                )
+            channel = ChannelPlan(
+                channel_id=channel_id,
+                transport=kind[0],
+                writer=_participant(_participant_key(node)),
+                readers=[_participant(r) for r in readers],
+                num_slots=node.meta["slots"][kind[0]],
+                slot_size_bytes=node.meta["slot_size_bytes"],
+                label=f"{_label(node)} -> {', '.join(dict.fromkeys(_label(u) for u in users))}",
             )
+            hint: ir.TensorHint | None = node.meta.get("tensor_hint")
+            if hint is not None:
+                channel.tensor.CopyFrom(_tensor_hint(hint, kind[1]))
+            self.plan.channels.append(channel)
+
+    def _channels_of(self, node: Node) -> list[str]:
+        """The node's channels, in plan order."""
+        return [cid for (n, _), cid in self.channel_ids.items() if n is node]
 
     def _channel_of(self, src: Node, dst: Node) -> str:
-        return self.channel_ids[(src, src.meta["transport_to"][dst])]
+        return self.channel_ids[(src, _kind(src, dst))]
 
     def _actor_plan(self, actor_id: str, tasks: list[Node]) -> ActorPlan:
         actor = self.graph.actors[actor_id]
@@ -99,6 +118,7 @@ class _Emitter:
             actor_label=actor.label,
             node_id=actor.node_id or "",
             tasks=[self._task_plan(node) for node in tasks],
+            gpu_ids=actor.gpu_ids,
         )
 
     def _task_plan(self, node: Node) -> TaskPlan:
@@ -112,9 +132,11 @@ class _Emitter:
         for name, arg in node.kwargs.items():
             value = self._arg_plan(node, task, arg, f"keyword argument {name!r}")
             task.kwargs.append(KwArgPlan(name=name, value=value))
-        task.outputs.extend(
-            self.channel_ids[(node, k)] for k in _CHANNEL_KINDS if (node, k) in self.channel_ids
-        )
+        task.outputs.extend(self._channels_of(node))
+        collective: ir.Collective | None = node.meta.get("collective")
+        if collective is not None:
+            task.method = ""
+            task.collective.CopyFrom(_collective_plan(collective, node))
         return task
 
     def _arg_plan(self, node: Node, task: TaskPlan, arg: ir.Arg, position: str) -> ArgPlan:
@@ -134,6 +156,34 @@ class _Emitter:
             projections=[_projection(p) for p in ref.projections],
             display_name=ref.node.display_name,
         )
+
+
+def _kind(src: Node, dst: Node) -> Kind:
+    tensor = src.meta.get("tensor_to", {}).get(dst, TensorTransport.TENSOR_TRANSPORT_UNSPECIFIED)
+    return src.meta["transport_to"][dst], tensor
+
+
+def _tensor_hint(hint: ir.TensorHint, transport: TensorTransport.ValueType) -> TensorHint:
+    return TensorHint(
+        transport=transport,
+        device=_DEVICES[hint.device],
+        static_shape=hint.static_shape,
+        direct_return=hint.direct_return,
+        written=hint.written,
+    )
+
+
+def _collective_plan(collective: ir.Collective, node: Node) -> CollectivePlan:
+    assert node.actor is not None
+    return CollectivePlan(
+        collective_id=collective.name,
+        kind=CollectiveKind.Value(collective.kind.upper()),
+        reduce_op=collective.reduce_op,
+        members=collective.actor_ids,
+        rank=collective.actor_ids.index(node.actor.actor_id),
+        src_rank=collective.src_rank,
+        transport=collective.transport,
+    )
 
 
 def _participant_key(node: Node) -> str | None:

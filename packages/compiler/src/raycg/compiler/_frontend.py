@@ -26,8 +26,20 @@ from ray.dag import (
     MultiOutputNode,
 )
 from ray.dag.py_obj_scanner import _PyObjScanner
+from ray.experimental.channel.auto_transport_type import AutoTransportType
+from ray.experimental.channel.torch_tensor_type import TorchTensorType
+from ray.experimental.util.types import AllGatherOp, AllReduceOp, ReduceScatterOp, _CollectiveOp
 
-from .ir import Actor, Arg, Const, FirstArg, Graph, Index, Key, Node, Ref
+from .ir import Actor, Arg, Collective, Const, FirstArg, Graph, Index, Key, Node, Ref, TensorHint
+
+_DEVICES = {"default": "default", "cpu": "cpu", "gpu": "gpu", "cuda": "gpu"}
+
+
+class BroadcastOp(_CollectiveOp):
+    """raycg's broadcast (Ray has none): every member gets member ``src_rank``'s tensor."""
+
+    def __init__(self, src_rank: int = 0) -> None:
+        self.src_rank = src_rank
 
 
 def read_dag(dag: object) -> Graph:
@@ -104,6 +116,7 @@ class _Reader:
         self.inputs: dict[DAGNode, Node] = {}
         self._names_used: dict[str, int] = {}
         self._handles: dict[str, dict[int, Any]] = {}  # actor id -> the handle objects bound on
+        self._collectives: dict[int, Collective] = {}  # id(Ray's _CollectiveOperation) -> ours
 
     def read(self, dag_node: DAGNode) -> None:
         if isinstance(dag_node, InputNode):
@@ -122,6 +135,13 @@ class _Reader:
     def _read_input(self, dag_node: InputNode) -> None:
         keys = list(dag_node.input_attribute_nodes)
         node = Node(name="inp", op="input", display_name="InputNode", meta={"attribute_keys": keys})
+        hints = [("InputNode", _tensor_hint(dag_node, "InputNode"))]
+        for key, attribute in dag_node.input_attribute_nodes.items():
+            written = f"inp[{key!r}]" if isinstance(key, int) else f"inp.{key}"
+            hints.append((written, _tensor_hint(attribute, written)))
+        node.meta["input_hints"] = [(w, h) for w, h in hints if h is not None]
+        if hints[0][1] is not None:
+            node.meta["tensor_hint"] = hints[0][1]
         self.inputs[dag_node] = self.graph.add_node(node)
         self.refs[dag_node] = Ref(node, (FirstArg(),))
 
@@ -133,6 +153,9 @@ class _Reader:
         }
         if _has_nested_nodes(dag_node):
             node.meta["nested_args"] = _nested_positions(dag_node)
+        hint = _tensor_hint(dag_node, node.display_name)
+        if hint is not None:
+            node.meta["tensor_hint"] = hint
         self.calls[dag_node] = self.graph.add_node(node)
         self.refs[dag_node] = Ref(node)
 
@@ -161,15 +184,30 @@ class _Reader:
                     actor=actor, method=method)  # fmt: skip
         # Ray counts binds per actor handle: the actor's order of computation (schedule).
         node.meta["bind_index"] = dag_node._get_bind_index()
+        if isinstance(dag_node, CollectiveOutputNode):  # no method of that name: no num_returns
+            self._describe_collective(dag_node, node)
+            return node
         num_returns = dag_node.num_returns
-        if isinstance(dag_node, CollectiveOutputNode):
-            node.meta["unsupported"] = "collective"
-        elif not isinstance(num_returns, int) or num_returns < 1:
+        if not isinstance(num_returns, int) or num_returns < 1:
             node.meta["unsupported"] = "num_returns"
             node.meta["num_returns"] = num_returns
         else:
             node.num_returns = num_returns
         return node
+
+    def _describe_collective(self, dag_node: CollectiveOutputNode, node: Node) -> None:
+        """One member of a collective: this actor's part, sharing the operation's record."""
+        op = dag_node._collective_op
+        if id(op) not in self._collectives:
+            self._collectives[id(op)] = _collective(op, f"coll{len(self._collectives)}")
+        collective = self._collectives[id(op)]
+        collective.members.append(node)
+        node.op = "collective"
+        node.method = collective.label
+        node.name = f"{node.actor.name}_{collective.kind}" if node.actor else collective.kind
+        node.display_name = f"{collective.label}({', '.join(_written(a) for a in dag_node.get_args())})"
+        node.num_returns = max(1, len(dag_node.get_args()))  # one result per input tensor
+        node.meta["collective"] = collective
 
     def _actor(self, handle: Any) -> Actor:
         actor_id = handle._actor_id.hex()
@@ -203,6 +241,57 @@ class _Reader:
         if multi and _has_nested_nodes(root):
             out.meta["nested_args"] = _nested_positions(root)
         self.graph.add_node(out)
+
+
+def _collective(op: Any, name: str) -> Collective:
+    """Ray's ``_CollectiveOperation`` (or raycg's) as the IR's Collective."""
+    kind_op = op._op
+    kinds = ((AllReduceOp, "allreduce"), (AllGatherOp, "allgather"), (ReduceScatterOp, "reducescatter"))
+    kind = next((k for cls, k in kinds if isinstance(kind_op, cls)), "broadcast")
+    reduce_op = getattr(kind_op, "reduceOp", None)
+    hint = op.type_hint
+    # Ray turns transport=None into "accelerator"; raycg.collective records what the user
+    # wrote. Ray's default is read as raycg's: NCCL where every member has a GPU, else CPU.
+    transport = getattr(op, "raycg_transport", None)
+    if transport is None:
+        transport = "communicator" if hint.get_custom_communicator() is not None else hint.transport
+        transport = {"accelerator": "auto"}.get(transport, transport)
+    return Collective(
+        name=name,
+        kind=kind,
+        actor_ids=[h._actor_id.hex() for h in op.actor_handles],
+        reduce_op=reduce_op.name if reduce_op is not None else "",
+        transport=transport,
+        src_rank=getattr(kind_op, "src_rank", 0),
+    )
+
+
+def _tensor_hint(dag_node: DAGNode, written: str) -> TensorHint | None:
+    """A node's tensor type hint, or None for a plain value (a device that is not one of
+    raycg's is kept as written, for ``assign_tensor_transports`` to refuse)."""
+    hint = dag_node.type_hint
+    if isinstance(hint, AutoTransportType):
+        transport = "auto"
+    elif isinstance(hint, TorchTensorType):
+        # TorchTensorType's own "auto" is shared memory (with_tensor_transport("shm")).
+        communicator = hint.get_custom_communicator()
+        transport = (
+            "communicator"
+            if communicator is not None
+            else {"auto": "shm", "cpu": "shm"}.get(hint.transport, hint.transport)
+        )
+    else:
+        return None
+    raw = getattr(hint.device, "value", hint.device)
+    device = _DEVICES.get(str(raw).lower(), str(raw))
+    return TensorHint(
+        transport=transport,
+        device=device,
+        static_shape=bool(getattr(hint, "_static_shape", False)),
+        direct_return=bool(getattr(hint, "_direct_return", False)),
+        written=f"{written}: {type(hint).__name__}(transport={transport!r}, device={device!r})",
+        communicator=hint.get_custom_communicator() if isinstance(hint, TorchTensorType) else None,
+    )
 
 
 def _has_nested_nodes(dag_node: DAGNode) -> bool:

@@ -1,4 +1,8 @@
-"""The compiler's IR: a small, torch.fx-like graph of input, call and output nodes.
+"""The compiler's IR: a small, torch.fx-like graph of input, call, collective and output nodes.
+
+A collective (``allreduce.bind([x, y])``) is one ``collective`` node per member actor,
+each reading that actor's input(s) and yielding that actor's result; the members share
+one :class:`Collective` in ``meta["collective"]``.
 
 ``_frontend`` builds it from a Ray DAG; each pass in ``passes/`` reads it and records
 what it learns in ``Node.meta`` / ``Graph.meta``; ``_emit`` turns it into a Plan.
@@ -17,9 +21,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from raycg.proto import Options, Transport
+from raycg.proto import Options, TensorTransport, Transport
 
-Op = Literal["input", "call", "output"]
+Op = Literal["input", "call", "collective", "output"]
+TASK_OPS = ("call", "collective")  # what an actor runs
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,36 @@ class Const:
 Arg = Ref | Const
 
 
+@dataclass(frozen=True)
+class TensorHint:
+    """A node's tensor type hint, as read from Ray (``with_tensor_transport``, ``type_hint``)."""
+
+    transport: str  # "auto" | "shm" | "accelerator" | "communicator"
+    device: str  # "default" | "cpu" | "gpu"
+    static_shape: bool = False
+    direct_return: bool = False
+    written: str = ""  # as the user wrote it, for errors
+    communicator: object = None  # the user's Communicator instance, for "communicator"
+
+
+@dataclass(eq=False)
+class Collective:
+    """One collective operation; its members are the ``collective`` nodes, one per actor."""
+
+    name: str  # "coll0", unique in the graph
+    kind: str  # "allreduce" | "allgather" | "reducescatter" | "broadcast"
+    actor_ids: list[str]  # the members' actors, in rank order
+    reduce_op: str = ""  # Ray's ReduceOp name, for allreduce and reducescatter
+    transport: str = "auto"  # "auto" | "nccl" | "cpu" | "communicator"
+    src_rank: int = 0  # broadcast
+    members: list[Node] = field(default_factory=list)  # in the order the frontend read them
+
+    @property
+    def label(self) -> str:
+        op = f".{self.reduce_op}" if self.reduce_op else ""
+        return f"{self.kind}{op}"
+
+
 @dataclass(eq=False)
 class Actor:
     """One actor taking part in the graph; ``_placement`` fills ``node_id``/``dead_reason``."""
@@ -73,6 +108,7 @@ class Actor:
     node_id: str | None = None
     dead_reason: str | None = None
     num_handles: int = 1  # distinct ActorHandle objects the DAG binds this actor's tasks through
+    gpu_ids: list[str] = field(default_factory=list)  # what Ray assigned it
 
     @property
     def label(self) -> str:
@@ -107,15 +143,15 @@ class Node:
 
     @property
     def target(self) -> str:
-        """``echo0.echo`` for a call, the op otherwise."""
-        if self.op != "call":
+        """``echo0.echo`` for a call or collective, the op otherwise."""
+        if self.op not in TASK_OPS:
             return self.op
         return f"{self.actor.name}.{self.method}" if self.actor else str(self.method)
 
     def __str__(self) -> str:
         args = [_format_arg(a) for a in self.args]
         args += [f"{k}={_format_arg(a)}" for k, a in self.kwargs.items()]
-        head = "call[" + self.target + "]" if self.op == "call" else self.op
+        head = f"{self.op}[{self.target}]" if self.op in TASK_OPS else self.op
         notes = _format_notes(self)
         return f"%{self.name} = {head}({', '.join(args)})" + (f"  {notes}" if notes else "")
 
@@ -155,6 +191,10 @@ class Graph:
     def nodes_of(self, op: Op) -> list[Node]:
         return [n for n in self.nodes if n.op == op]
 
+    def tasks(self) -> list[Node]:
+        """The nodes an actor runs: calls and collectives' members."""
+        return [n for n in self.nodes if n.op in TASK_OPS]
+
     def lint(self) -> None:
         """Check the IR's invariants (see the module docstring); raise LintError."""
         _lint_names_and_order(self)
@@ -186,7 +226,7 @@ def _lint_names_and_order(graph: Graph) -> None:
 
 
 def _lint_projections(node: Node, ref: Ref) -> None:
-    if ref.node.op != "call" or ref.node.num_returns == 1:
+    if ref.node.op not in TASK_OPS or ref.node.num_returns == 1:
         return
     ok = len(ref.projections) == 1 and isinstance(ref.projections[0], Index)
     _require(ok, f"%{node.name} reads %{ref.node.name} without choosing one of its outputs")
@@ -212,9 +252,12 @@ def _lint_meta(graph: Graph) -> None:
         slots = node.meta.get("slots")
         if slots is not None:
             _require(set(slots) == set((transport_to or {}).values()), f"%{node.name}: slots/transports")
+        tensor_to = node.meta.get("tensor_to")
+        if tensor_to is not None:
+            _require(set(tensor_to) == set(node.users), f"%{node.name}: a user without a tensor transport")
     schedule = graph.meta.get("schedule")
     if schedule is not None:
-        calls = graph.nodes_of("call")
+        calls = graph.tasks()
         for actor_id, tasks in schedule.items():
             mine = [n for n in calls if n.actor is not None and n.actor.actor_id == actor_id]
             _require(tasks == mine, f"the schedule of actor {actor_id} is not in graph order")
@@ -255,4 +298,31 @@ def _format_notes(node: Node) -> str:
     slots = node.meta.get("slots")
     if slots:
         notes.append("slots=" + ",".join(str(slots[t]) for t in kinds))
+    notes += _tensor_notes(node)
+    collective = node.meta.get("collective")
+    if collective is not None:
+        rank = collective.actor_ids.index(node.actor.actor_id) if node.actor else -1
+        notes.append(f"{collective.name} rank={rank}/{len(collective.actor_ids)} via={collective.transport}")
     return " ".join(notes)
+
+
+def _tensor_notes(node: Node) -> list[str]:
+    hint: TensorHint | None = node.meta.get("tensor_hint")
+    if hint is None:
+        return []
+    used = set(node.meta.get("tensor_to", {}).values())
+    kinds = [name for t, name in _TENSOR_NAMES if t in used] or [hint.transport]
+    notes = ["tensor=" + ",".join(kinds), f"device={hint.device}"]
+    notes += [
+        flag
+        for flag, on in (("static_shape", hint.static_shape), ("direct_return", hint.direct_return))
+        if on
+    ]
+    return notes
+
+
+_TENSOR_NAMES = (
+    (TensorTransport.TENSOR_SHM, "shm"),
+    (TensorTransport.TENSOR_ACCELERATOR, "nccl"),
+    (TensorTransport.TENSOR_COMMUNICATOR, "communicator"),
+)

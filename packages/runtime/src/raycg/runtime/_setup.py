@@ -9,7 +9,16 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import RayChannelError
 
-from raycg.proto import ActorSetup, ActorStatus, ChannelPlan, Participant, Plan, ShmEndpoint, Transport
+from raycg.proto import (
+    ActorSetup,
+    ActorStatus,
+    ChannelPlan,
+    Participant,
+    Plan,
+    ShmEndpoint,
+    TensorTransport,
+    Transport,
+)
 from raycg.transports import ShmRing
 
 from ._actor import setup_actor
@@ -45,7 +54,8 @@ def refuse_unsupported(plan: Plan) -> None:
 
     Raises:
         NotImplementedError: a GRPC channel (an edge across Ray nodes), naming the edge
-            and both nodes.
+            and both nodes; a collective, naming it and its members; tensors planned to
+            go through NCCL or a user's Communicator, naming the edge.
     """
     nodes = {a.actor_id: (a.actor_label, a.node_id) for a in plan.actors}
 
@@ -63,6 +73,22 @@ def refuse_unsupported(plan: Plan) -> None:
                 f"to {readers}, and raycg.runtime has no cross-node (gRPC) channel yet; place "
                 "the graph's actors on the driver's node (e.g. NodeAffinitySchedulingStrategy)"
             )
+        if ch.tensor.transport in (TensorTransport.TENSOR_ACCELERATOR, TensorTransport.TENSOR_COMMUNICATOR):
+            how = "NCCL" if ch.tensor.transport == TensorTransport.TENSOR_ACCELERATOR else "a Communicator"
+            raise NotImplementedError(
+                f"{ch.label or ch.channel_id}: its tensors are planned to go through {how} "
+                f"({ch.tensor.written}), which raycg.runtime cannot run yet; use "
+                "with_tensor_transport(transport='shm')"
+            )
+    for actor in plan.actors:
+        for task in actor.tasks:
+            if task.HasField("collective"):
+                c = task.collective
+                members = ", ".join(nodes.get(m, (m, ""))[0] for m in c.members)
+                raise NotImplementedError(
+                    f"{task.display_name} ({c.collective_id}, members {members}): raycg.runtime "
+                    "cannot run collectives yet; compute the reduction in a task instead"
+                )
 
 
 def create_rings(plan: Plan, res: Resources) -> dict[str, list[ShmEndpoint]]:

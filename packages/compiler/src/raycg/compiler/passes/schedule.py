@@ -38,7 +38,7 @@ from __future__ import annotations
 import heapq
 from itertools import pairwise
 
-from ..ir import Graph, Node
+from ..ir import TASK_OPS, Graph, Node
 
 
 def schedule(graph: Graph) -> None:
@@ -64,7 +64,7 @@ def _bind_order(graph: Graph) -> dict[str, list[Node]]:
     """Each actor's tasks, by bind index; graph order where an index is missing or tied."""
     position = {node: i for i, node in enumerate(graph.nodes)}
     per_actor: dict[str, list[Node]] = {}
-    for node in graph.nodes_of("call"):
+    for node in graph.tasks():
         if node.actor is not None:
             per_actor.setdefault(node.actor.actor_id, []).append(node)
     for tasks in per_actor.values():
@@ -78,34 +78,57 @@ def _before(per_actor: dict[str, list[Node]]) -> dict[Node, Node]:
     return {later: earlier for tasks in per_actor.values() for earlier, later in pairwise(tasks)}
 
 
+def _members(node: Node) -> list[Node]:
+    """The nodes that run together with ``node``: its collective's members, or itself."""
+    collective = node.meta.get("collective")
+    return list(collective.members) if collective is not None else [node]
+
+
 def _global_order(graph: Graph, per_actor: dict[str, list[Node]]) -> list[Node]:
-    """Kahn's algorithm over data edges and bind-order edges, earliest in graph order first."""
+    """Kahn's algorithm over data edges and bind-order edges, earliest in graph order
+    first; a collective's members are placed together, once every one of them is ready."""
     position = {node: i for i, node in enumerate(graph.nodes)}
     prev = _before(per_actor)
     after = {earlier: later for later, earlier in prev.items()}
     waiting = {node: len(node.inputs()) + (node in prev) for node in graph.nodes}
-    ready = [(position[n], n.name) for n in graph.nodes if waiting[n] == 0]
+    ready: list[tuple[int, str]] = []
     by_name = {n.name: n for n in graph.nodes}
-    heapq.heapify(ready)
+
+    def offer(node: Node) -> None:
+        group = _members(node)
+        if all(waiting[m] == 0 for m in group):  # the last member to get ready releases them all
+            first = min(group, key=position.__getitem__)
+            heapq.heappush(ready, (position[first], first.name))
+
+    for node in graph.nodes:
+        if waiting[node] == 0:
+            offer(node)
     order: list[Node] = []
+    placed: set[Node] = set()
     while ready:
-        node = by_name[heapq.heappop(ready)[1]]
-        order.append(node)
-        for nxt in [*node.users, *([after[node]] if node in after else [])]:
-            waiting[nxt] -= 1
-            if waiting[nxt] == 0:
-                heapq.heappush(ready, (position[nxt], nxt.name))
+        head = by_name[heapq.heappop(ready)[1]]
+        if head in placed:
+            continue
+        group = sorted(_members(head), key=position.__getitem__)
+        order += group
+        placed.update(group)
+        for node in group:
+            for nxt in [*node.users, *([after[node]] if node in after else [])]:
+                waiting[nxt] -= 1
+                if waiting[nxt] == 0:
+                    offer(nxt)
     if len(order) != len(graph.nodes):
-        placed = set(order)
-        raise ValueError(_deadlock_message(_cycle([n for n in graph.nodes if n not in placed], prev)))
+        stuck = [n for n in graph.nodes if n not in placed]
+        raise ValueError(_deadlock_message(_cycle(stuck, prev, waiting)))
     return order
 
 
-def _cycle(stuck: list[Node], prev: dict[Node, Node]) -> list[Node]:
+def _cycle(stuck: list[Node], prev: dict[Node, Node], waiting: dict[Node, int]) -> list[Node]:
     """A cycle among the nodes Kahn could not place, in must-run-before order.
 
-    Every stuck node waits on a stuck predecessor (an input or its actor's previous
-    task), so walking predecessors from any of them must revisit one.
+    Every stuck node waits on a stuck node: an input or its actor's previous task if it
+    still waits itself, else (a collective's member, ready) a member that still waits.
+    So walking those from any of them must revisit one.
     """
     stuck_set = set(stuck)
     walk: list[Node] = []
@@ -114,33 +137,53 @@ def _cycle(stuck: list[Node], prev: dict[Node, Node]) -> list[Node]:
     while node not in seen:
         seen[node] = len(walk)
         walk.append(node)
-        preds = [*node.inputs(), *([prev[node]] if node in prev else [])]
-        node = next(p for p in preds if p in stuck_set)
+        if waiting[node] > 0:
+            preds = [*node.inputs(), *([prev[node]] if node in prev else [])]
+            node = next(p for p in preds if p in stuck_set)
+        else:
+            node = next(m for m in _members(node) if waiting[m] > 0)
     return list(reversed(walk[seen[node] :]))
 
 
+def _step(before: Node, later: Node) -> str:
+    """Why ``later`` cannot run before ``before`` has."""
+    if later in before.users:
+        return f"{_task(later)} reads {_task(before)}"
+    collective = later.meta.get("collective")
+    if collective is not None and before in collective.members:
+        return f"{_task(later)} enters {collective.name} only with {_task(before)}"
+    assert later.actor is not None
+    return f"actor {later.actor.label} computes {_task(before)}, then {_task(later)}"
+
+
 def _deadlock_message(cycle: list[Node]) -> str:
-    """Name the cycle: runs of one actor's bind order, joined by the reads between them."""
-    # Start at a run of one actor's bind order (a read into it, no read out of it), so
-    # that each run is printed whole. One exists: data edges alone form no cycle.
+    """Name the cycle, one step per edge; runs of one actor's bind order are joined."""
     n = len(cycle)
+    # Start where a run of one actor's bind order starts, so that runs print whole.
     k = next(
-        i for i in range(n) if cycle[i] in cycle[i - 1].users and cycle[(i + 1) % n] not in cycle[i].users
+        (
+            i
+            for i in range(n)
+            if not _is_chain(cycle[i - 1], cycle[i]) and _is_chain(cycle[i], cycle[(i + 1) % n])
+        ),
+        0,
     )
     cycle = cycle[k:] + cycle[:k]
-    runs: list[list[Node]] = [[cycle[0]]]
-    for node in cycle[1:]:
-        if node in runs[-1][-1].users:
-            runs.append([node])
-        else:
-            runs[-1].append(node)
-    steps = []
-    for i, run in enumerate(runs):
-        if len(run) > 1:
-            assert run[0].actor is not None
-            steps.append(f"actor {run[0].actor.label} computes {', then '.join(_task(t) for t in run)}")
-        steps.append(f"{_task(runs[(i + 1) % len(runs)][0])} reads {_task(run[-1])}")
-    actors = {n.actor.actor_id: n.actor for n in cycle if n.actor is not None}.values()
+    edges = [(cycle[i], cycle[(i + 1) % n]) for i in range(n)]
+    steps: list[str] = []
+    i = 0
+    while i < n:
+        if not _is_chain(*edges[i]):
+            steps.append(_step(*edges[i]))
+            i += 1
+            continue
+        run = [edges[i][0]]
+        while i < n and _is_chain(*edges[i]):
+            run.append(edges[i][1])
+            i += 1
+        assert run[0].actor is not None
+        steps.append(f"actor {run[0].actor.label} computes " + ", then ".join(_task(t) for t in run))
+    actors = {m.actor.actor_id: m.actor for m in cycle if m.actor is not None}.values()
     handles = [a.label for a in actors if a.num_handles > 1]
     hint = (
         f"; {', '.join(handles)} had tasks bound through more than one ActorHandle object, each "
@@ -154,10 +197,20 @@ def _deadlock_message(cycle: list[Node]) -> str:
     )
 
 
+def _is_chain(before: Node, later: Node) -> bool:
+    """Whether the only reason ``later`` waits for ``before`` is its actor's bind order."""
+    if later in before.users:
+        return False
+    collective = later.meta.get("collective")
+    if collective is not None and before in collective.members:
+        return False
+    return before.actor is not None and before.actor is later.actor
+
+
 def _task(node: Node) -> str:
     return f"{node.display_name} (%{node.name})"
 
 
 def _first_use(order: list[Node]) -> list[str]:
     """Actor ids in the order their first task appears (the Plan's actor order)."""
-    return list(dict.fromkeys(n.actor.actor_id for n in order if n.op == "call" and n.actor is not None))
+    return list(dict.fromkeys(n.actor.actor_id for n in order if n.op in TASK_OPS and n.actor is not None))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..ir import Const, FirstArg, Graph, Index, Key, Node
+from ..ir import TASK_OPS, Collective, Const, FirstArg, Graph, Index, Key, Node
 
 # Each refusal starts with Ray's own compiler's words (code matching them keeps working),
 # then says which node, as the user wrote it, and what to do.
@@ -19,10 +19,6 @@ _UNSUPPORTED: dict[str, tuple[type[Exception], str]] = {
         NotImplementedError,
         "Compiled DAGs currently only support actor method nodes: {name} is a function task "
         "({name}.bind(...)); make it a method of an actor created with Actor.remote() and bind that",
-    ),
-    "collective": (
-        NotImplementedError,
-        "{name}: collective operations cannot be compiled by raycg.compiler yet",
     ),
     "uncreated_actor": (
         ValueError,
@@ -40,7 +36,7 @@ def validate(graph: Graph) -> None:
 
 
 def _refuse_unsupported(graph: Graph) -> None:
-    for node in graph.nodes_of("call"):
+    for node in graph.tasks():
         kind = node.meta.get("unsupported")
         if kind is None:
             continue
@@ -119,7 +115,7 @@ def _check_outputs(graph: Graph) -> None:
     if not out.args:
         raise ValueError("MultiOutputNode: the graph has no outputs; list at least one task's result")
     for i, arg in enumerate(out.args):
-        if isinstance(arg, Const) or arg.node.op != "call":
+        if isinstance(arg, Const) or arg.node.op not in TASK_OPS:
             what = "a constant" if isinstance(arg, Const) else "the InputNode"
             where = f"MultiOutputNode: output {i} is" if out.meta["multi_output"] else "the DAG ends with"
             raise ValueError(f"{where} {what}; a graph output must be an actor method's result")
@@ -130,7 +126,7 @@ def _refuse_inputless_tasks(graph: Graph) -> None:
     for node in graph.nodes:  # topological order: a node's inputs are decided before it
         if any(src in fed for src in node.inputs()):
             fed.add(node)
-        elif node.op == "call":
+        elif node.op in TASK_OPS:
             raise ValueError(
                 "Compiled DAGs require each task to take a ray.dag.InputNode or at least one other "
                 f"DAGNode as an input: {node.display_name}{_on(node)} depends on no input (neither it "
@@ -142,7 +138,7 @@ def _refuse_inputless_tasks(graph: Graph) -> None:
 def _refuse_leaves(graph: Graph) -> None:
     """As Ray: every task result, and every output of a num_returns=N task, is read."""
     leaves = []
-    for node in graph.nodes_of("call"):
+    for node in graph.tasks():
         if node.num_returns == 1:
             if not node.users:
                 leaves.append(f"{node.display_name}{_on(node)}")
@@ -164,8 +160,38 @@ def _refuse_leaves(graph: Graph) -> None:
         )
 
 
+def _check_collectives(graph: Graph) -> None:
+    """A collective's members are distinct actors (Ray refuses a repeat at bind; a graph
+    built otherwise is refused here), each with a GPU where the user asked for NCCL."""
+    for collective in _collectives(graph):
+        repeated = [a for i, a in enumerate(collective.actor_ids) if a in collective.actor_ids[:i]]
+        if repeated:
+            actor = graph.actors[repeated[0]].label if repeated[0] in graph.actors else repeated[0]
+            twice = [
+                m.display_name for m in collective.members if m.actor and m.actor.actor_id == repeated[0]
+            ]
+            raise ValueError(
+                "Expected unique actor handles, but found duplicate actor handles from input nodes: "
+                f"{collective.label} ({collective.name}) takes part twice on actor {actor} (through "
+                f"{', '.join(twice)}); pass one input node per actor"
+            )
+        if collective.transport == "nccl":
+            for node in collective.members:
+                if node.actor is not None and not node.actor.gpu_ids:
+                    raise ValueError(
+                        f"{node.display_name}: {collective.label} over NCCL (transport='nccl') needs "
+                        f"a GPU on every member, but actor {node.actor.label} has none; give it a "
+                        "GPU (num_gpus=1), or use transport=None or 'cpu'"
+                    )
+
+
+def _collectives(graph: Graph) -> list[Collective]:
+    found = {id(n.meta["collective"]): n.meta["collective"] for n in graph.tasks() if "collective" in n.meta}
+    return list(found.values())
+
+
 def _refuse_dead_actors(graph: Graph) -> None:
-    for node in graph.nodes_of("call"):
+    for node in graph.tasks():
         actor = node.actor
         if actor is not None and actor.dead_reason is not None:
             raise ValueError(
@@ -195,5 +221,6 @@ _CHECKS: tuple[Callable[[Graph], None], ...] = (
     _check_input,
     _refuse_inputless_tasks,
     _refuse_leaves,
+    _check_collectives,
     _refuse_dead_actors,
 )

@@ -1,0 +1,57 @@
+"""Tensor type hints and collectives through raycg.compile on a real local Ray: hinted CPU
+tensors run; collectives compile and are refused at setup until the runtime runs them."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+import torch
+from ray.dag import InputNode, MultiOutputNode
+from ray.experimental.collective import allreduce
+
+import raycg
+import raycg.collective
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(120), pytest.mark.usefixtures("no_leaks")]
+
+
+@pytest.mark.parametrize("transport", ["auto", "shm"])
+def test_a_hinted_cpu_tensor_arrives_equal(actors: list, transport: str) -> None:
+    a, b = actors[:2]
+    with InputNode() as inp:
+        dag = b.echo.bind(a.echo.bind(inp).with_tensor_transport(transport=transport))
+    graph = raycg.compile(dag)
+    try:
+        assert graph.plan.channels[1].tensor.written.endswith("device='default')")
+        value = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+        assert torch.equal(ray.get(graph.execute(value)), value)
+    finally:
+        graph.teardown()
+
+
+def test_nccl_on_cpu_actors_is_refused_at_compile(actors: list) -> None:
+    a, b = actors[:2]
+    with InputNode() as inp:
+        dag = b.echo.bind(a.echo.bind(inp).with_tensor_transport(transport="nccl"))
+    with pytest.raises(ValueError, match=r"^Worker.echo: its tensor transport is NCCL"):
+        raycg.compile(dag)
+
+
+@pytest.mark.parametrize("which", ["ray", "raycg"])
+def test_a_collective_compiles_and_is_refused_at_setup(actors: list, which: str) -> None:
+    a, b = actors[:2]
+    bind = allreduce.bind if which == "ray" else raycg.collective.allreduce.bind
+    with InputNode() as inp:
+        dag = MultiOutputNode(bind([a.echo.bind(inp), b.echo.bind(inp)]))
+    with pytest.raises(
+        NotImplementedError,
+        match=r"\(coll0, members Worker\(.*\)\): raycg.runtime cannot run collectives yet",
+    ):
+        raycg.compile(dag)
+    with InputNode() as inp:  # the actors are untouched: a graph without it compiles and runs
+        dag = b.echo.bind(a.echo.bind(inp))
+    graph = raycg.compile(dag)
+    try:
+        assert ray.get(graph.execute(3)) == 3
+    finally:
+        graph.teardown()
