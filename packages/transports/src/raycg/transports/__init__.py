@@ -30,9 +30,11 @@ from ._errors import (
 from ._inproc import InprocReader, InprocRing, InprocWriter
 from ._liveness import is_alive as is_process_alive
 from ._liveness import process_start_time
+from ._nccl import NcclCommunicator, nccl_unique_id
 from ._shm_reader import ShmRingReader
 from ._shm_ring import ShmRing, ShmRingSpec
 from ._shm_writer import ShmRingWriter
+from ._tensor_channel import TensorReader, TensorWriter
 
 if TYPE_CHECKING:
     from ._grpc_server import GrpcServer
@@ -64,6 +66,7 @@ __all__ = [
     "CpuCommSpec",
     "CpuCommunicator",
     "ForeignCommunicator",
+    "NcclCommunicator",
     "ReduceOp",
     "as_communicator",
     "ChannelBroken",
@@ -82,9 +85,12 @@ __all__ = [
     "ShmRingSpec",
     "ShmRingWriter",
     "SlotPinned",
+    "TensorReader",
+    "TensorWriter",
     "ValueNotSerializable",
     "deadline_after",
     "is_process_alive",
+    "nccl_unique_id",
     "open_reader",
     "open_writer",
     "process_start_time",

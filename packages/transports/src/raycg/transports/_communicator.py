@@ -84,6 +84,12 @@ class Communicator(abc.ABC):
         """Send ``tensor`` to ``peer_rank``. May return once the data is queued; the
         caller must not change ``tensor`` until the peer received it."""
 
+    def send_each(self, tensor: Any, peer_ranks: list[int], timeout_s: float | None = None) -> None:
+        """Send ``tensor`` to each of ``peer_ranks`` (NCCL groups them: one send per
+        reader, never deadlocking on their order)."""
+        for peer in peer_ranks:
+            self.send(tensor, peer, timeout_s)
+
     @abc.abstractmethod
     def recv(
         self,
