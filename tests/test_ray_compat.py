@@ -22,7 +22,7 @@ from ray.exceptions import RayActorError, RayCgraphCapacityExceeded, RayChannelE
 
 import raycg
 
-from .conftest import Worker
+from .conftest import Worker, wait_process_gone
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(60)]
 
@@ -338,8 +338,10 @@ def test_teardown_kill_actors_kills_the_graphs_actors(own: list, actors: list) -
     with InputNode() as inp:
         graph = raycg.compile(own[1].echo.bind(own[0].echo.bind(inp)))
     assert ray.get(graph.execute(1)) == 1
+    pids = ray.get([h.pid.remote() for h in own])
     graph.teardown(kill_actors=True)
-    for handle in own:
+    for handle, pid in zip(own, pids):
+        wait_process_gone(pid)  # ray.kill returns before the process is gone
         with pytest.raises(RayActorError):
             ray.get(handle.pid.remote(), timeout=30)
     assert ray.get(actors[0].echo.remote(2)) == 2  # other actors are untouched
