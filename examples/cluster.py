@@ -58,6 +58,16 @@ def pinned(name: str) -> dict[str, object]:
     return {"resources": {PREFIX + name: 0.001}}
 
 
+def edges(graph: Any) -> list[tuple[str, str]]:
+    """Each channel of the graph's plan and its transport's name (SHM within a node,
+    GRPC between nodes)."""
+    out = []
+    for ch in graph.plan.channels:
+        names = ch.DESCRIPTOR.fields_by_name["transport"].enum_type.values_by_number
+        out.append((ch.label or ch.channel_id, names[ch.transport].name))
+    return out
+
+
 def per_execution_us(run_once: Callable[[int], object], n: int) -> float:
     """Median of ``n`` timed round trips (one execution at a time), after a warm-up."""
     for i in range(min(100, n)):
@@ -105,6 +115,8 @@ def main() -> None:
         for stage in stages:
             dag = stage.forward.bind(dag)
     graph = raycg.compile(dag, max_inflight_executions=len(stages) * 2)
+    for label, transport in edges(graph):
+        print(f"  {label}: {transport}")
     assert ray.get(graph.execute("hello")) == "hello"
     one_us = per_execution_us(lambda i: ray.get(graph.execute(i)), args.n)
     depth = len(stages) * 2
