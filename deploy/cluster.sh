@@ -148,6 +148,9 @@ image() {
     docker build -q -f deploy/Dockerfile --build-arg BASE="$base" --build-arg PIP_OFFLINE="$offline" \
       --build-arg RAYCG_EXTRAS="$EXTRAS" -t "$tag" . >"$STATE/build.log" 2>&1 \
       || { tail -30 "$STATE/build.log" >&2; die "docker build failed (log: $STATE/build.log)"; }
+    # Older builds go (their layers with them), but for those a container still uses.
+    docker images raycg --format '{{.Repository}}:{{.Tag}}' | grep -vxF "$tag" \
+      | xargs -r docker rmi >/dev/null 2>&1 || true
   fi
   echo "$tag"
 }
