@@ -1,21 +1,16 @@
-"""Only the C extension lives here; everything else is in pyproject.toml.
+"""The root distribution's C extension; everything else is in pyproject.toml.
 
-raycg.transports._native is the shared-memory ring's hot path (see its source for
-why it is C). Installing needs a C compiler and Python's headers.
+The extension is raycg-transports' own, defined once in packages/transports/native_build.py
+(which also says how the two builds relate, and why src/raycg holds symlinks). Installing
+needs a C compiler and Python's headers. In a worktree: ``python setup.py build_ext --inplace``.
 """
 
-from setuptools import Extension, setup
+import os
+import sys
 
-setup(
-    ext_modules=[
-        Extension(
-            "raycg.transports._native",
-            sources=[
-                f"packages/transports/src/raycg/transports/{name}.c"
-                for name in ("_native", "_native_writer", "_native_reader")
-            ],
-            depends=["packages/transports/src/raycg/transports/_native.h"],
-            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-fvisibility=hidden"],
-        )
-    ]
-)
+from setuptools import setup
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "packages", "transports"))
+from native_build import native_extension
+
+setup(ext_modules=[native_extension("packages/transports")])

@@ -1,20 +1,16 @@
-"""Only the C extension lives here; everything else is in pyproject.toml.
+"""raycg-transports on its own: only the C extension lives here (native_build.py defines
+it, for this build and the root one); everything else is in pyproject.toml.
 
-raycg.transports._native is the shared-memory ring's hot path (see its source for
-why it is C). Installing needs a C compiler and Python's headers.
+raycg.transports._native is the shared-memory ring's hot path (see its source for why it
+is C). Installing needs a C compiler and Python's headers.
 """
 
-from setuptools import Extension, setup
+import os
+import sys
 
-setup(
-    ext_modules=[
-        Extension(
-            "raycg.transports._native",
-            sources=[
-                f"src/raycg/transports/{name}.c" for name in ("_native", "_native_writer", "_native_reader")
-            ],
-            depends=["src/raycg/transports/_native.h"],
-            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-fvisibility=hidden"],
-        )
-    ]
-)
+from setuptools import setup
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # native_build.py, beside us
+from native_build import native_extension
+
+setup(ext_modules=[native_extension(".")])
