@@ -55,7 +55,7 @@ class Outcome:
 
 def ensure_ray() -> None:
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
 def make_stages(n: int, **options: Any) -> list[Any]:
