@@ -67,13 +67,14 @@ class _Emitter:
         )
         self.plan.options.CopyFrom(graph.options)
         self.channel_ids: dict[tuple[Node, Kind], str] = {}
+        self.channels_of: dict[Node, list[str]] = {}  # in plan order
 
     def emit(self) -> Plan:
         for node in self.graph.nodes:
             if node.op != "output":
                 self._add_channels(node)
         (inp,) = self.graph.nodes_of("input")
-        inputs = self._channels_of(inp)
+        inputs = self.channels_of[inp]
         self.plan.input_channel_ids.extend(inputs)
         self.plan.input_channel_id = inputs[0]
         for actor_id, tasks in self.graph.meta["schedule"].items():
@@ -89,6 +90,7 @@ class _Emitter:
                 continue
             channel_id = f"ch{len(self.plan.channels)}"
             self.channel_ids[(node, kind)] = channel_id
+            self.channels_of.setdefault(node, []).append(channel_id)
             readers = list(dict.fromkeys(_participant_key(u) for u in users))  # distinct, first use first
             channel = ChannelPlan(
                 channel_id=channel_id,
@@ -103,10 +105,6 @@ class _Emitter:
             if hint is not None:
                 channel.tensor.CopyFrom(_tensor_hint(hint, kind[1]))
             self.plan.channels.append(channel)
-
-    def _channels_of(self, node: Node) -> list[str]:
-        """The node's channels, in plan order."""
-        return [cid for (n, _), cid in self.channel_ids.items() if n is node]
 
     def _channel_of(self, src: Node, dst: Node) -> str:
         return self.channel_ids[(src, _kind(src, dst))]
@@ -132,7 +130,7 @@ class _Emitter:
         for name, arg in node.kwargs.items():
             value = self._arg_plan(node, task, arg, f"keyword argument {name!r}")
             task.kwargs.append(KwArgPlan(name=name, value=value))
-        task.outputs.extend(self._channels_of(node))
+        task.outputs.extend(self.channels_of.get(node, []))
         collective: ir.Collective | None = node.meta.get("collective")
         if collective is not None:
             task.method = ""

@@ -25,6 +25,13 @@ earlier pairs are smaller, hence finished. So the smallest unfinished pair can a
 run: no cycle of waits exists. (Values bound for the driver are drained by the driver
 into its result buffer, which API.md bounds separately.)
 
+A collective is one step of all its members at once (each member's part keeps its place
+in its actor's bind order; the members are placed together, once all are ready), so the
+argument holds with "pair" read as "(execution, task or whole collective)": the smallest
+unfinished one, if a collective, has every member's earlier steps finished and its
+inputs written, so every member reaches it. A graph where the members' bind orders
+cannot meet is a cycle too, and is refused the same way.
+
 A bind order made in one process through one handle per actor always has such an order:
 a task can only be bound after the tasks it reads, so the time of binding is one. Two
 handle objects of one actor count their binds separately, and their indices can then
