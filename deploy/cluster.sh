@@ -83,7 +83,8 @@ engine_up() {
 engine_down() {
   [[ -f $STATE/dockerd.pid ]] || return 0
   local pid; pid=$(cat "$STATE/dockerd.pid")
-  if kill -0 "$pid" 2>/dev/null; then
+  # Only that very process: a stale pid file may name a process that is not ours.
+  if [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == dockerd ]]; then
     log "stopping the dockerd that 'up' started (pid $pid)"
     kill -TERM "$pid"
     for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
