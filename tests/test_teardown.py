@@ -56,6 +56,7 @@ def test_dropping_the_last_reference_tears_down_without_the_collector(actors: li
     try:
         del g
         assert graph_id in actor_running_graphs(actors[0])  # the pending ref keeps it
+        time.sleep(0.3)  # a few rounds of the caller's monitor, which must not keep it either
         del pending
         deadline = time.monotonic() + 5
         while graph_id in actor_running_graphs(actors[0]) and time.monotonic() < deadline:

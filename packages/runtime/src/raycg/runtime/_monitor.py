@@ -75,4 +75,6 @@ def _run() -> None:
             if dead is not None:
                 unwatch(g)
                 g._on_actor_died(dead)
-        del graphs
+        # Hold no graph while waiting: the loop variable would keep the last one alive,
+        # and a graph its caller dropped must be torn down at once, not never.
+        del graphs, g
