@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 import ray
-from ray.exceptions import RayChannelError
+from ray.exceptions import RayChannelError, RayTaskError
 from runtime_plans import add_channel
 
 from raycg.proto import ActorSetup, ActorStatus, Options, Plan, Teardown, Transport
@@ -121,3 +121,20 @@ def test_teardown_is_a_teardown_message_answered_by_an_actor_status(adders: list
         graph.teardown()
     assert "options" not in ActorSetup.DESCRIPTOR.fields_by_name  # nothing unread travels
     assert "driver_pid" not in ActorSetup.DESCRIPTOR.fields_by_name
+
+
+def test_an_output_the_caller_cannot_project_fails_that_output_only(adders: list) -> None:
+    # A plan whose output projection does not fit the value (the executor checks
+    # num_returns, so only a plan can say this): that output fails, the buffer goes on.
+    ids = [h._actor_id.hex() for h in adders]
+    plan = chain_plan(*ids)
+    plan.outputs[1].projections[0].index = 5  # Adder.split returns 2 values
+    graph = CompiledGraph(plan, dict(zip(ids, adders)))
+    try:
+        for i in range(3):
+            good, bad = graph.execute(i, y=0)
+            with pytest.raises(RayTaskError, match="IndexError"):
+                ray.get(bad)
+            assert ray.get(good) == i
+    finally:
+        graph.teardown()
