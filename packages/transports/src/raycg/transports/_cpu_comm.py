@@ -1,15 +1,9 @@
 """raycg's CPU communicator: tensors among the processes of one node, through shared memory.
 
-An owner (the runtime's driver, a test) creates a :class:`CpuCommGroup`; its picklable
-``spec`` goes to every member, which opens ``CpuCommunicator(spec)`` and calls
-``initialize(rank)``. Point to point goes through one ShmRing per ordered pair of ranks
-(zero copy, tensors through _serde). Collectives go through one segment (a memfd)::
-
-    @0          u64 magic | u64 world_size | u64 capacity_bytes
-    @64         u32 aborted (0 -> 1 once) | u32 futex (bumped atomically on every change)
-    @128 + 64r  rank r's line, written by rank r only:
-                u64 arrived | u64 reduced | u64 done | u32 pid | u32 pad | u64 start_time
-    @DATA       world_size contribution regions of capacity_bytes, then a result region
+A member opens ``CpuCommunicator(spec)`` with the ``spec`` of a :class:`CpuCommGroup`
+(_cpu_comm_segment, which draws the shared segment) and calls ``initialize(rank)``.
+Point to point goes through one ShmRing per ordered pair of ranks (tensors through
+_serde: one copy in, one copy out). Collectives go through the group's segment.
 
 Every collective is a sequence of *epochs* (one per piece of at most capacity_bytes),
 numbered alike on every member because all call the same collectives in the same
@@ -21,124 +15,32 @@ into the result region (``reduced = e``), then everyone copies the result: each 
 reads 2x the data instead of world_size x. Reductions run in rank order, so results
 equal torch's reference (``reduce(torch.add, tensors)``) bit for bit.
 
-Waiting spins briefly, then sleeps on the futex in slices, checking between slices that
-the members it waits for are alive. A wait past its timeout aborts the group (sets
-``aborted`` and wakes everyone, closes the p2p rings) and raises ChannelTimeout; the
-others' waits then end with ChannelClosed, so no thread stays blocked.
+A wait past its timeout aborts the group (sets ``aborted`` and wakes everyone, closes
+the p2p rings) and raises ChannelTimeout; the others' waits then end with
+ChannelClosed, so no thread stays blocked.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import itertools
 import os
-import struct
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _futex, _liveness
 from ._communicator import Allocator, Communicator, ReduceOp
-from ._deadline import deadline_after, remaining
+from ._cpu_comm_segment import ARRIVED, DONE, REDUCED, CpuCommGroup, CpuCommSpec, MemberSegment
+from ._deadline import deadline_after
 from ._errors import ChannelBroken, ChannelClosed, ChannelError, ChannelTimeout
-from ._segment import PAGE_BYTES, Segment, round_up
 from ._shm_reader import ShmRingReader
-from ._shm_ring import ShmRing, ShmRingSpec
 from ._shm_writer import ShmRingWriter
 
-_MAGIC = int.from_bytes(b"RAYCGCOM", "little")
-_ABORTED, _FUTEX, _RANKS, _LINE = 64, 68, 128, 64
-_ARRIVED, _REDUCED, _DONE, _PID, _START = 0, 8, 16, 24, 32
-DEFAULT_CAPACITY_BYTES = 8 << 20  # per member; memfd pages cost nothing until touched
+__all__ = ["DEFAULT_TIMEOUT_S", "CpuCommGroup", "CpuCommSpec", "CpuCommunicator"]
+
 DEFAULT_TIMEOUT_S = 30.0
-_SPIN_S = 50e-6
-_LIVENESS_INTERVAL_S = 0.1
 # Up to this size every member reduces all contributions itself (one barrier less);
 # above it the reduction is split by chunks.
 _SPLIT_MIN_BYTES = 64 << 10
-
-
-def _data_offset(world_size: int) -> int:
-    return round_up(_RANKS + _LINE * world_size, PAGE_BYTES)
-
-
-@dataclasses.dataclass(frozen=True)
-class CpuCommSpec:
-    """Everything a member needs to join (picklable)."""
-
-    name: str
-    pid: int
-    fd: int
-    world_size: int
-    capacity_bytes: int
-    size_bytes: int
-    p2p: dict[tuple[int, int], ShmRingSpec]  # (src, dst) -> ring
-
-
-class CpuCommGroup:
-    """The owner of a CPU communicator's shared memory: create it, hand ``spec`` to the
-    members, close it once they are done (that also closes the p2p rings).
-
-    Args:
-        world_size: members (ranks 0 .. world_size - 1), at least 1.
-        capacity_bytes: bytes each member contributes per epoch (larger tensors take
-            several epochs).
-        p2p: make the rings send/recv need (world_size * (world_size - 1) of them).
-        name: shown in errors and in /proc/<pid>/fd.
-    """
-
-    def __init__(
-        self,
-        world_size: int,
-        *,
-        capacity_bytes: int = DEFAULT_CAPACITY_BYTES,
-        p2p: bool = True,
-        name: str = "comm",
-    ):
-        if world_size < 1:
-            raise ValueError(f"world_size must be >= 1, got {world_size}")
-        if capacity_bytes < 64:
-            raise ValueError(f"capacity_bytes must be >= 64, got {capacity_bytes}")
-        capacity_bytes = round_up(capacity_bytes, PAGE_BYTES)
-        size = _data_offset(world_size) + (world_size + 1) * capacity_bytes
-        self._seg = Segment.create(size, f"{name}.comm")
-        self._rings: list[ShmRing] = []
-        try:
-            struct.pack_into("<3Q", self._seg.view, 0, _MAGIC, world_size, capacity_bytes)  # type: ignore[arg-type]
-            p2p_specs = {}
-            if p2p:
-                for src, dst in itertools.permutations(range(world_size), 2):
-                    ring = ShmRing(4, 1, slot_bytes=64 << 10, name=f"{name}.p2p.{src}-{dst}")
-                    self._rings.append(ring)
-                    p2p_specs[(src, dst)] = ring.spec
-        except BaseException:
-            self.close()
-            raise
-        self.spec = CpuCommSpec(name, os.getpid(), self._seg.fd, world_size, capacity_bytes, size, p2p_specs)
-
-    def close(self) -> None:
-        """Abort the group (members' waits end with ChannelClosed) and drop its memory."""
-        if self._seg.view is not None:
-            _futex_abort(self._seg)
-        for ring in self._rings:
-            ring.close()
-        self._seg.close()
-
-    def __enter__(self) -> CpuCommGroup:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _futex_abort(seg: Segment) -> None:
-    view = seg.view
-    assert view is not None
-    view.cast("I")[_ABORTED // 4] = 1
-    _futex.fence()
-    _futex.bump_and_wake(seg.address + _FUTEX)
 
 
 def _torch() -> Any:
@@ -162,15 +64,10 @@ class CpuCommunicator(Communicator):
         self.spec = spec
         self.timeout_s = timeout_s
         self._rank: int | None = None
-        self._seg: Segment | None = None
+        self._seg: MemberSegment | None = None
         self._epoch = 0
         self._writers: dict[int, ShmRingWriter] = {}
         self._readers: dict[int, ShmRingReader] = {}
-        self._regions: list[Any] = []  # uint8 tensors over the contribution regions
-        self._result: Any = None  # ... and over the result region
-        self._views: dict[Any, list[Any]] = {}  # dtype -> typed views of all of them
-        self._q: Any = None
-        self._i: Any = None
         if rank is not None:
             self.initialize(rank)
 
@@ -191,27 +88,15 @@ class CpuCommunicator(Communicator):
             raise ValueError(f"{self!r} is initialized already")
         if not 0 <= rank < spec.world_size:
             raise ValueError(f"rank {rank} out of range for a group of {spec.world_size}")
-        seg = Segment.open(spec.pid, spec.fd, spec.size_bytes)
+        self._seg = MemberSegment(spec, rank)
+        self._rank = rank
         try:
-            magic, world, capacity = struct.unpack_from("<3Q", seg.view, 0)  # type: ignore[arg-type]
-            if (magic, world, capacity) != (_MAGIC, spec.world_size, spec.capacity_bytes):
-                raise ChannelBroken(f"communicator {spec.name!r}: the shared segment is not this group's")
-            q = seg.view.cast("Q")  # type: ignore[union-attr]
-            line = (_RANKS + _LINE * rank) // 8
-            q[line + _START // 8] = _liveness.process_start_time(os.getpid()) or 0
-            seg.view.cast("I")[(_RANKS + _LINE * rank + _PID) // 4] = os.getpid()  # type: ignore[union-attr]
-            self._q = q
-            self._i = seg.view.cast("I")  # type: ignore[union-attr]
-            self._line = line
-            self._futex_addr = seg.address + _FUTEX
-            self._seg, self._rank = seg, rank
             for (src, dst), ring in spec.p2p.items():
                 if src == rank:
                     self._writers[dst] = ShmRingWriter(ring)
                 elif dst == rank:
                     self._readers[src] = ShmRingReader(ring, 0)
         except BaseException:
-            self._seg = seg
             self.destroy()
             raise
 
@@ -317,7 +202,7 @@ class CpuCommunicator(Communicator):
         assert rank is not None
         lo, hi = k * rank // world, k * (rank + 1) // world
         _reduce(op, [r[lo:hi] for r in contributions], result[lo:hi], world)
-        sync(_REDUCED)
+        sync(REDUCED)
         out.copy_(result[:k])
 
     def allgather(self, send_buf: Any, recv_buf: Any, timeout_s: float | None = None) -> None:
@@ -418,80 +303,24 @@ class CpuCommunicator(Communicator):
         deadline = deadline_after(self._timeout(timeout_s))
         what = f"{name} #{e}"
 
-        def mark(field: int) -> None:
-            _futex.fence()  # our data stores before the flag that publishes them
-            self._q[self._line + field // 8] = e
-            _futex.bump_and_wake(self._futex_addr)
+        seg = self._seg
+        assert seg is not None
 
         def sync(field: int) -> None:
-            mark(field)
-            self._wait_all(field, e, deadline, what)
+            seg.mark(field, e)
+            seg.wait_all(field, e, deadline, what, self.abort)
 
-        self._wait_all(_DONE, e - 1, deadline, what)  # the last epoch's regions are free
-        regions = self._typed(dtype)
+        seg.wait_all(DONE, e - 1, deadline, what, self.abort)  # the last epoch's regions are free
+        regions = seg.regions(dtype)
         put(regions[self._rank])  # type: ignore[index]
-        sync(_ARRIVED)
+        sync(ARRIVED)
         take(regions, sync)
-        mark(_DONE)
-
-    def _typed(self, dtype: Any) -> list[Any]:
-        """The contribution regions and the result region, viewed as ``dtype``."""
-        typed = self._views.get(dtype)
-        if typed is None:
-            typed = self._views[dtype] = [r.view(dtype) for r in (*self._regions, self._result)]
-        return typed
-
-    def _wait_all(self, field: int, epoch: int, deadline: float, what: str) -> None:
-        """Until every member's ``field`` >= ``epoch``; abort on a timeout or a death."""
-        if epoch <= 0:
-            return
-        q, i = self._q, self._i
-        world = self.spec.world_size
-        offs = [(_RANKS + _LINE * r + field) // 8 for r in range(world)]
-
-        def behind() -> list[int]:
-            return [r for r in range(world) if q[offs[r]] < epoch]
-
-        end_spin = time.monotonic() + _SPIN_S
-        while True:
-            if i[_ABORTED // 4]:
-                raise self._aborted()
-            if not behind():
-                return
-            if time.monotonic() >= end_spin:
-                break
-            os.sched_yield()
-        addr = self._seg.address + _FUTEX  # type: ignore[union-attr]
-        while True:
-            seen = i[_FUTEX // 4]
-            _futex.fence()  # Dekker: our read of the word before our reads of the flags
-            late = behind()
-            if not late:
-                return
-            if i[_ABORTED // 4]:
-                raise self._aborted()
-            left = remaining(deadline)
-            if left <= 0:
-                self.abort()
-                raise ChannelTimeout(
-                    f"communicator {self.spec.name!r}: rank {self._rank} timed out in {what}: "
-                    f"rank(s) {', '.join(map(str, late))} never joined; the communicator is aborted"
-                )
-            _futex.futex_wait(addr, seen, min(left, _LIVENESS_INTERVAL_S))
-            self._check_alive(late)
-
-    def _check_alive(self, ranks: list[int]) -> None:
-        for r in ranks:
-            line = _RANKS + _LINE * r
-            pid, start = self._i[(line + _PID) // 4], self._q[(line + _START) // 8]
-            if pid and not _liveness.is_alive(pid, start):
-                self.abort()
-                raise ChannelBroken(f"communicator {self.spec.name!r}: rank {r} (pid {pid}) died")
+        seg.mark(DONE, e)
 
     @property
     def aborted(self) -> bool:
         """Whether the group was aborted (or this member destroyed)."""
-        return self._i is None or bool(self._i[_ABORTED // 4])
+        return self._seg is None or self._seg.aborted
 
     def _aborted(self) -> ChannelClosed:
         return ChannelClosed(f"communicator {self.spec.name!r} was aborted")
@@ -545,29 +374,15 @@ class CpuCommunicator(Communicator):
     def _check_open(self) -> None:
         if self._seg is None or self._rank is None:
             raise ChannelClosed(f"communicator {self.spec.name!r}: not initialized, or destroyed")
-        if self._i[_ABORTED // 4]:
+        if self._seg.aborted:
             raise self._aborted()
-        if not self._regions:
-            self._map_regions()
-
-    def _map_regions(self) -> None:
-        torch = _torch()
-        seg, spec = self._seg, self.spec
-        assert seg is not None and seg.view is not None
-        base, cap = _data_offset(spec.world_size), spec.capacity_bytes
-        regions = [
-            torch.frombuffer(seg.view, dtype=torch.uint8, count=cap, offset=base + r * cap)
-            for r in range(spec.world_size + 1)
-        ]
-        self._regions, self._result = regions[:-1], regions[-1]
 
     # --- the end ----------------------------------------------------------------
 
     def abort(self) -> None:
         """Stop every member's calls (ChannelClosed) and wake their waits. Idempotent."""
-        seg = self._seg
-        if seg is not None and seg.view is not None:
-            _futex_abort(seg)
+        if self._seg is not None:
+            self._seg.abort()
         for end in [*self._writers.values(), *self._readers.values()]:
             end.close()  # a ring close wakes its waiters at once, in every process
 
@@ -584,9 +399,6 @@ class CpuCommunicator(Communicator):
                 pass
         self._writers.clear()
         self._readers.clear()
-        self._regions, self._result = [], None  # views of the segment: gone before it is
-        self._views.clear()
-        self._q = self._i = None
         seg, self._seg = self._seg, None
         if seg is not None:
             seg.close()
