@@ -80,3 +80,33 @@ def test_a_command_name_with_spaces_and_parentheses() -> None:
         proc.kill()
         proc.join()
         proc.close()
+
+
+def test_watch_wakes_its_watchers_when_the_process_exits() -> None:
+    from raycg.transports import _liveness
+
+    child = SPAWN.Process(target=_sleep_forever, daemon=True)
+    child.start()
+    pid = child.pid
+    assert pid is not None
+    start = process_start_time(pid) or 0
+    woken: list[str] = []
+    first = _liveness.watch(pid, start, lambda: woken.append("first"))
+    second = _liveness.watch(pid, start, lambda: woken.append("second"))
+    assert first is not None and second is not None and not first.dead
+    os.kill(pid, signal.SIGKILL)  # a zombie until joined: its pidfd fires all the same
+    wait_until(lambda: len(woken) == 2)
+    assert sorted(woken) == ["first", "second"] and first.dead and second.dead
+    first.close()
+    second.close()  # the last watcher: the pidfd is closed and the thread ends
+    child.join()
+    child.close()
+
+
+def test_watch_of_a_gone_or_reused_pid_is_dead_at_once() -> None:
+    from raycg.transports import _liveness
+
+    me = os.getpid()
+    reused = _liveness.watch(me, (process_start_time(me) or 0) + 1, lambda: None)
+    assert reused is not None and reused.dead
+    reused.close()

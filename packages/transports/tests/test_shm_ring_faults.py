@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import os
 import time
 
 import numpy as np
@@ -145,3 +146,45 @@ def test_a_blocked_endpoint_sleeps_in_the_kernel(role: str) -> None:
                 peer.recv()
         near.close()
     assert used_s < 0.1 * wall_s, f"a blocked {role} used {used_s:.3f} s of CPU in {wall_s:.1f} s"
+
+
+def _voluntary_switches(pid: int) -> int:
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            total += int(next(line for line in f if line.startswith("voluntary_ctxt_switches")).split()[1])
+    return total
+
+
+def test_an_idle_reader_does_not_wake_up_to_check_its_writer() -> None:
+    """Its writer is watched by pidfd, so the reader sleeps through (ten liveness checks a
+    second woke it before, a context switch each)."""
+    with ShmRing(1, 1, name="idlewake") as ring:
+        writer = ring.open_writer()
+        with Peer(ring.spec, "reader") as peer:
+            peer.send("read")
+            wait_until(lambda: process_state(peer.pid) == "S")
+            time.sleep(0.2)  # past its first sleep, which registers the watch
+            before = _voluntary_switches(peer.pid)
+            time.sleep(2)
+            woke = _voluntary_switches(peer.pid) - before
+            writer.write("done")
+            assert peer.recv() == "done"
+        writer.close()
+    assert woke < 5, f"an idle reader woke up {woke} times in 2 s"
+
+
+def test_a_killed_writer_wakes_a_reader_in_a_long_sleep_at_once() -> None:
+    """No slice ends the sleep here (600 s): only the pidfd watch can wake the reader."""
+    with ShmRing(1, 1, name="watchwake") as ring:
+        reader = ring.open_reader(0)
+        reader._slice_s = reader._watched_slice_s = 600
+        with Peer(ring.spec, "writer") as writer:
+            writer.call("write", 1)
+            assert reader.read() == 1
+            waiting = Call(reader.read).wait_blocked()
+            writer.kill()
+            with pytest.raises(ChannelBroken, match=rf"writer \(pid {writer.pid}\) died"):
+                waiting.outcome()
+        reader.close()
+        del waiting

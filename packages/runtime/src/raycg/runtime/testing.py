@@ -85,9 +85,12 @@ def raycg_fds() -> dict[str, str]:
 
 
 def raycg_threads() -> list[str]:
-    """raycg's threads in this process, but the monitor (which exits on its own)."""
+    """raycg's threads in this process, but the monitor and the transports' pidfd watch
+    (which exit on their own once nothing is watched)."""
     return [
-        t.name for t in threading.enumerate() if t.name.startswith("raycg-") and t.name != "raycg-monitor"
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith("raycg-") and t.name not in ("raycg-monitor", "raycg-peer-watch")
     ]
 
 

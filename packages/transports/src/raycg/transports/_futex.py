@@ -12,8 +12,9 @@ Memory ordering. A sleeper does ``store(waiting=1); load(condition)`` and a wake
 ``store(condition); load(waiting)``. That is Dekker's pattern, and x86 may reorder a
 store with a later load, so each side calls :func:`fence` (a sequentially consistent
 fence: ``mfence``) between the two. As a second line of defence every sleep is bounded
-(the channel sleeps in slices of at most ``liveness_interval_s``), so even a lost
-wake-up costs latency, never a hang.
+(the channel sleeps in slices of ``liveness_interval_s``, or longer ones while a pidfd
+watch stands in for the liveness checks), so even a lost wake-up costs latency, never
+a hang.
 """
 
 from __future__ import annotations

@@ -330,6 +330,7 @@ class ShmRingReader(_Endpoint):
             lambda: ChannelTimeout(f"channel {self.spec.name!r}: timed out waiting for value #{seq}"),
             check_writer,
             _no_spin if spun else self._core.spin,  # try_read may have spun already
+            lambda: [(i[_WRITER_PID // 4], q[_WRITER_START // 8])],
         )
 
     def close(self) -> None:

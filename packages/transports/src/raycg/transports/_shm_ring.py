@@ -62,7 +62,9 @@ bumpers could store the same value, or one a stale one, equal to what a sleeper
 expects, and its FUTEX_WAIT would sleep through the wake-up for a whole slice. Every
 other store is a plain aligned store (a single store on x86-64).
 Waiting spins for ``spin_s``, then sleeps on a futex in slices of at most
-``liveness_interval_s``, checking between slices that the peer process is alive.
+``liveness_interval_s``, checking between slices that the peer process is alive; once
+the peers are watched by pidfd (their exit bumps the futex word: _liveness.watch), in
+slices of DEFAULT_WATCHED_SLICE_S.
 
 Modules: this one holds the layout, the owner (:class:`ShmRing`) and what both ends
 share; the ends are in _shm_writer.py and _shm_reader.py, and their per-call hot path
@@ -72,6 +74,7 @@ share; the ends are in _shm_writer.py and _shm_reader.py, and their per-call hot
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 import struct
@@ -79,7 +82,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _futex, _native
+from . import _futex, _liveness, _native
 from ._channel import Channel
 from ._deadline import remaining
 from ._errors import ChannelBroken, ChannelClosed
@@ -129,6 +132,10 @@ if {k: _native.LAYOUT[k] for k in _LAYOUT} != _LAYOUT:
 
 DEFAULT_SPIN_S = float(os.environ.get("RAYCG_SPIN_US", "50")) * 1e-6
 DEFAULT_LIVENESS_INTERVAL_S = 0.1
+# The sleep slice of a waiter whose peers are all watched by pidfd (_liveness.watch):
+# their exit wakes it, so the slice only bounds what nothing else would catch (a peer
+# replaced by another process, say). Idle, that is one wake-up per 5 s, not ten a second.
+DEFAULT_WATCHED_SLICE_S = 5.0
 # The first microseconds of a spin poll without a syscall (a peer on another core
 # answers within them); after that each poll also yields the core (see _native.c).
 _PURE_SPIN_NS = 3_000
@@ -270,6 +277,9 @@ class _Endpoint(Channel):
         self.spec = spec
         self._spin_ns = int(spin_s * 1e9)
         self._slice_s = liveness_interval_s
+        self._watched_slice_s = max(liveness_interval_s, DEFAULT_WATCHED_SLICE_S)
+        # Our peers' processes, watched by pidfd (None: they cannot be), until we close.
+        self._watches: dict[tuple[int, int], _liveness.PeerWatch | None] = {}
         self._ctrl = _Ctrl(Segment.open(spec.pid, spec.ctrl_fd, _ctrl_bytes(spec.nreaders, spec.nslots)))
         q = self._ctrl.q
         if q[0] != MAGIC or q[1] != VERSION or q[_NSLOTS // 8] != spec.nslots:
@@ -292,6 +302,7 @@ class _Endpoint(Channel):
         on_timeout: Callable[[], Exception],
         check_peers: Callable[[], None],
         spin: Callable[[], object],
+        peers: Callable[[], list[tuple[int, int]]],
         before_sleep: Callable[[], None] | None = None,
     ) -> None:
         """Until ``ready()``: the one waiting protocol of both ends.
@@ -303,6 +314,8 @@ class _Endpoint(Channel):
         before setting the flag, so that wake-up cannot be missed). Between slices,
         ``check_peers`` raises if the process we wait for is gone; a closed channel
         takes precedence over a dead peer (one that closed, then exited, is no fault).
+        Where every process in ``peers()`` ((pid, start time) of those we wait for) is
+        watched by pidfd, its exit bumps our futex word, and the slices are long.
         """
         i = self._ctrl.i
         spin()
@@ -313,6 +326,8 @@ class _Endpoint(Channel):
             if before_sleep is not None:
                 before_sleep()
             expected = i[futex_off // 4]
+            # After reading the word: a peer that exits from now on changes it.
+            slice_s = self._sleep_slice(peers(), check_peers)
             i[waiting_index] = 1
             _futex.fence()
             if ready() or i[_CLOSED // 4]:
@@ -320,13 +335,36 @@ class _Endpoint(Channel):
                 continue
             left = remaining(deadline)
             if left > 0:
-                _futex.futex_wait(self._ctrl.addr + futex_off, expected, min(left, self._slice_s))
+                _futex.futex_wait(self._ctrl.addr + futex_off, expected, min(left, slice_s))
             i[waiting_index] = 0
             if left <= 0:
                 self._check_closed()
                 raise on_timeout()
             if not ready() and not i[_CLOSED // 4]:
                 check_peers()
+
+    def _sleep_slice(self, peers: list[tuple[int, int]], check_peers: Callable[[], None]) -> float:
+        """The long slice if every peer is watched and alive; else the liveness interval
+        (a peer not attached yet, no pidfds, or one that died: ``check_peers`` raises if
+        it is one we wait for)."""
+        watched = True
+        for pid, start in peers:
+            w = self._watch(pid, start)
+            if w is None:
+                watched = False
+            elif w.dead:
+                check_peers()
+                watched = False
+        return self._watched_slice_s if watched else self._slice_s
+
+    def _watch(self, pid: int, start: int) -> _liveness.PeerWatch | None:
+        if pid <= 0 or self._closed_locally:
+            return None
+        key = (pid, start)
+        if key not in self._watches:
+            wake = functools.partial(_wake_sleepers, self._ctrl.seg.mm, self._ctrl.addr)
+            self._watches[key] = _liveness.watch(pid, start, wake)
+        return self._watches[key]
 
     def _attached(self) -> None:
         """Called by a subclass once it is open: from now on, dropping the endpoint
@@ -338,7 +376,7 @@ class _Endpoint(Channel):
         segment itself, so the segment is still mapped when it runs.
         """
         self._closed_locally = False
-        self._finalizer = weakref.finalize(self, _close_on_drop, self._ctrl.seg, self._pid)
+        self._finalizer = weakref.finalize(self, _close_on_drop, self._ctrl.seg, self._pid, self._watches)
         self._finalizer.atexit = False  # a process that exits is a dead peer, not a close
 
     def close(self) -> None:
@@ -347,10 +385,26 @@ class _Endpoint(Channel):
         self._closed_locally = True
         self._finalizer.detach()
         _close_shared(self._ctrl.seg)
+        _unwatch(self._watches)
 
 
-def _close_on_drop(ctrl: Segment, pid: int) -> None:
+def _close_on_drop(ctrl: Segment, pid: int, watches: dict[Any, _liveness.PeerWatch | None]) -> None:
     # Only in the process that opened the endpoint: a forked child that drops its
     # inherited copy must not close the parent's channel.
     if os.getpid() == pid:
         _close_shared(ctrl)
+        _unwatch(watches)
+
+
+def _unwatch(watches: dict[Any, _liveness.PeerWatch | None]) -> None:
+    while watches:
+        w = watches.popitem()[1]
+        if w is not None:
+            w.close()
+
+
+def _wake_sleepers(mm: object, addr: int) -> None:
+    """A watched peer exited: wake whoever sleeps on this ring (from the watch thread).
+    ``mm``, the control mapping's exporter, keeps the words mapped while we are called."""
+    _futex.bump_and_wake(addr + _DATA_FUTEX)
+    _futex.bump_and_wake(addr + _SPACE_FUTEX)

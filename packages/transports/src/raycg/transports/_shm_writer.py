@@ -230,8 +230,15 @@ class ShmRingWriter(_Endpoint):
             timed_out,
             lambda: self._check_readers_alive(need),
             lambda: self._core.spin(need),
+            self._reader_processes,
             raise_if_pinned_now if raise_if_pinned else None,
         )
+
+    def _reader_processes(self) -> list[tuple[int, int]]:
+        """(pid, start time) of every reader (pid 0: not attached yet)."""
+        q, i = self._ctrl.q, self._ctrl.i
+        lines = [_READERS + _LINE * r for r in range(self.spec.nreaders)]
+        return [(i[(line + _R_PID) // 4], q[(line + _R_START) // 8]) for line in lines]
 
     def _pinned_by(self, need: int) -> SlotPinned | None:
         """The error to raise if a lagging reader pins a slot we need, else None."""
