@@ -241,17 +241,57 @@ class ShmEndpoint(_message.Message):
     reader_index: int
     def __init__(self, channel_id: _Optional[str] = ..., pid: _Optional[int] = ..., ctrl_fd: _Optional[int] = ..., num_slots: _Optional[int] = ..., num_readers: _Optional[int] = ..., reader_index: _Optional[int] = ...) -> None: ...
 
+class GrpcTargetPlan(_message.Message):
+    __slots__ = ("address", "stream_id")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    stream_id: str
+    def __init__(self, address: _Optional[str] = ..., stream_id: _Optional[str] = ...) -> None: ...
+
+class GrpcEndpoint(_message.Message):
+    __slots__ = ("channel_id", "num_slots", "targets")
+    CHANNEL_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    channel_id: str
+    num_slots: int
+    targets: _containers.RepeatedCompositeFieldContainer[GrpcTargetPlan]
+    def __init__(self, channel_id: _Optional[str] = ..., num_slots: _Optional[int] = ..., targets: _Optional[_Iterable[_Union[GrpcTargetPlan, _Mapping]]] = ...) -> None: ...
+
+class RingHostRequest(_message.Message):
+    __slots__ = ("graph_id", "channels", "num_readers")
+    GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    NUM_READERS_FIELD_NUMBER: _ClassVar[int]
+    graph_id: str
+    channels: _containers.RepeatedCompositeFieldContainer[ChannelPlan]
+    num_readers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, graph_id: _Optional[str] = ..., channels: _Optional[_Iterable[_Union[ChannelPlan, _Mapping]]] = ..., num_readers: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RingHostReply(_message.Message):
+    __slots__ = ("address", "rings", "error")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RINGS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    rings: _containers.RepeatedCompositeFieldContainer[ShmEndpoint]
+    error: str
+    def __init__(self, address: _Optional[str] = ..., rings: _Optional[_Iterable[_Union[ShmEndpoint, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
+
 class ActorSetup(_message.Message):
-    __slots__ = ("graph_id", "actor", "channels", "shm")
+    __slots__ = ("graph_id", "actor", "channels", "shm", "grpc")
     GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     SHM_FIELD_NUMBER: _ClassVar[int]
+    GRPC_FIELD_NUMBER: _ClassVar[int]
     graph_id: str
     actor: ActorPlan
     channels: _containers.RepeatedCompositeFieldContainer[ChannelPlan]
     shm: _containers.RepeatedCompositeFieldContainer[ShmEndpoint]
-    def __init__(self, graph_id: _Optional[str] = ..., actor: _Optional[_Union[ActorPlan, _Mapping]] = ..., channels: _Optional[_Iterable[_Union[ChannelPlan, _Mapping]]] = ..., shm: _Optional[_Iterable[_Union[ShmEndpoint, _Mapping]]] = ...) -> None: ...
+    grpc: _containers.RepeatedCompositeFieldContainer[GrpcEndpoint]
+    def __init__(self, graph_id: _Optional[str] = ..., actor: _Optional[_Union[ActorPlan, _Mapping]] = ..., channels: _Optional[_Iterable[_Union[ChannelPlan, _Mapping]]] = ..., shm: _Optional[_Iterable[_Union[ShmEndpoint, _Mapping]]] = ..., grpc: _Optional[_Iterable[_Union[GrpcEndpoint, _Mapping]]] = ...) -> None: ...
 
 class Teardown(_message.Message):
     __slots__ = ("graph_id", "reason", "timeout_s")

@@ -18,6 +18,7 @@ from typing import Any
 from raycg.proto import ActorSetup, ActorStatus, ErrorReport, Teardown
 from raycg.transports import process_start_time
 
+from . import _hosting
 from ._executor import Executor
 
 # graph id -> executor, for every graph this actor takes part in.
@@ -98,6 +99,7 @@ def teardown_actor(instance: object, teardown_bytes: bytes) -> bytes:
         ex = _EXECUTORS.pop(graph_id, None)
         ended = _ENDED.pop(graph_id, None)
     _log.debug("raycg: graph %s torn down (%s)", graph_id[:8], teardown.reason or "no reason given")
+    _hosting.release(graph_id)  # the rings this actor hosts for other nodes' writers
     if ex is None:
         return (ended or ActorStatus(graph_id=graph_id, state=ActorStatus.STOPPED)).SerializeToString()
     ex.close()

@@ -24,6 +24,9 @@ from raycg.transports import (
     ChannelBroken,
     ChannelClosed,
     ChannelError,
+    GrpcChannelSpec,
+    GrpcTarget,
+    GrpcWriter,
     InprocRing,
     ShmRingSpec,
     ValueNotSerializable,
@@ -121,6 +124,7 @@ class Executor:
         me = setup.actor.actor_id
         plans = {c.channel_id: c for c in setup.channels}
         shm = {e.channel_id: e for e in setup.shm}
+        self._grpc = {e.channel_id: e for e in setup.grpc}
         inproc = {
             c.channel_id: InprocRing(c.num_slots, 1, c.label)
             for c in plans.values()
@@ -165,6 +169,10 @@ class Executor:
     def _open_writer(self, plan: ChannelPlan, shm: dict, inproc: dict) -> Channel:
         if plan.transport == Transport.INPROC:
             ep: Channel = inproc[plan.channel_id].writer()
+        elif plan.transport == Transport.GRPC:  # to the rings of the other nodes' readers
+            e = self._grpc[plan.channel_id]
+            targets = tuple(GrpcTarget(t.address, t.stream_id) for t in e.targets)
+            ep = GrpcWriter(GrpcChannelSpec(plan.label or plan.channel_id, e.num_slots, targets))
         else:
             e = shm[plan.channel_id]
             ep = open_writer(ShmRingSpec(plan.label, e.pid, e.ctrl_fd, e.num_slots, e.num_readers))

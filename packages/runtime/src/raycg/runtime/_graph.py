@@ -23,18 +23,17 @@ from ray.exceptions import ActorDiedError, RayChannelError
 
 from raycg.proto import ActorStatus, Plan, Teardown
 from raycg.transports import (
+    Channel,
+    ChannelBroken,
     ChannelError,
     ChannelTimeout,
-    ShmRingWriter,
     SlotPinned,
     ValueNotSerializable,
     deadline_after,
-    open_reader,
-    open_writer,
     remaining,
 )
 
-from . import _errors, _monitor, _setup, _stats_report
+from . import _crossnode, _errors, _monitor, _setup, _stats_report
 from ._actor import running_graphs, teardown_actor
 from ._inputs import InputSignature
 from ._projection import compile_projections
@@ -139,12 +138,13 @@ class CompiledGraph:
         plan, res = self._plan, self._res
         self._inputs = InputSignature.of(plan)
         endpoints = _setup.create_rings(plan, res)
-        self._input: ShmRingWriter = open_writer(res.rings[plan.input_channel_id].spec)
-        res.endpoints.append(self._input)
+        cross = _crossnode.set_up(plan, self._actors, res, endpoints)
+        self._input: Channel = _crossnode.open_input(plan, res, cross)
         out_channels = list(dict.fromkeys(o.channel_id for o in plan.outputs))
         readers = []
         for cid in out_channels:
-            readers.append(open_reader(res.rings[cid].spec, _setup.driver_reader_index(plan, cid)))
+            index = _setup.driver_reader_index(plan, cid)
+            readers.append(_crossnode.open_output_reader(plan, res, cross, cid, index))
             res.endpoints.append(readers[-1])
         out_map = [
             (out_channels.index(o.channel_id), compile_projections(o.projections)) for o in plan.outputs
@@ -152,7 +152,8 @@ class CompiledGraph:
         self._results = Results(
             self._name, readers, out_map, max(1, plan.options.max_buffered_results), _weak_fault(self)
         )
-        self._processes = _setup.setup_actors(plan, self._actors, endpoints)
+        processes = _setup.setup_actors(plan, self._actors, endpoints, cross.grpc)
+        self._processes = _crossnode.local_processes(plan, processes)
 
     # -- execute ----------------------------------------------------------------------
 
@@ -312,6 +313,8 @@ class CompiledGraph:
             return _errors.torn_down_error(self.graph_id, self._teardown_reason)
         if self._died is None and not self._torn_down:
             dead = _monitor.first_dead(self._processes)
+            if dead is None and isinstance(e, ChannelBroken):  # a stream from another node broke
+                dead = _crossnode.first_remote_dead(self._plan)
             if dead is not None:
                 self._on_actor_died(dead)
         if self._died is not None:

@@ -13,7 +13,7 @@ from raycg.proto import (
     ActorSetup,
     ActorStatus,
     ChannelPlan,
-    Participant,
+    GrpcEndpoint,
     Plan,
     ShmEndpoint,
     TensorTransport,
@@ -33,12 +33,15 @@ class Resources:
     def __init__(self) -> None:
         self.rings: dict[str, ShmRing] = {}
         self.endpoints: list[Any] = []
+        self.writers: list[Any] = []  # the caller's GRPC writers: closed with the rings
 
     def close_rings(self) -> None:
         # Closing a ring sets its shared closed flag: every executor blocked on it, in
         # any process, wakes with ChannelClosed and exits. No Ray call needed.
         for ring in list(self.rings.values()):
             ring.close()
+        for writer in self.writers:  # a write blocked on a remote ring wakes too
+            writer.close()
 
     def close(self) -> None:
         for ep in self.endpoints:
@@ -53,26 +56,12 @@ def refuse_unsupported(plan: Plan) -> None:
     created: the one place such refusals live (create_rings calls it first).
 
     Raises:
-        NotImplementedError: a GRPC channel (an edge across Ray nodes), naming the edge
-            and both nodes; a collective, naming it and its members; tensors planned to
-            go through NCCL or a user's Communicator, naming the edge.
+        NotImplementedError: a collective, naming it and its members; tensors planned to
+            go through NCCL or a user's Communicator, naming the edge. (GRPC channels, edges
+            across Ray nodes, are set up by _crossnode.)
     """
     nodes = {a.actor_id: (a.actor_label, a.node_id) for a in plan.actors}
-
-    def where(p: Participant) -> str:
-        if p.WhichOneof("kind") == "driver":
-            return f"the driver (node {plan.driver_node_id})"
-        label, node_id = nodes.get(p.actor_id, (p.actor_id, "?"))
-        return f"actor {label} (node {node_id})"
-
     for ch in plan.channels:
-        if ch.transport == Transport.GRPC:
-            readers = ", ".join(where(r) for r in ch.readers)
-            raise NotImplementedError(
-                f"{ch.label or ch.channel_id}: this edge crosses Ray nodes, from {where(ch.writer)} "
-                f"to {readers}, and raycg.runtime has no cross-node (gRPC) channel yet; place "
-                "the graph's actors on the driver's node (e.g. NodeAffinitySchedulingStrategy)"
-            )
         if ch.tensor.transport in (TensorTransport.TENSOR_ACCELERATOR, TensorTransport.TENSOR_COMMUNICATOR):
             how = "NCCL" if ch.tensor.transport == TensorTransport.TENSOR_ACCELERATOR else "a Communicator"
             raise NotImplementedError(
@@ -92,7 +81,8 @@ def refuse_unsupported(plan: Plan) -> None:
 
 
 def create_rings(plan: Plan, res: Resources) -> dict[str, list[ShmEndpoint]]:
-    """Create the plan's shared-memory rings; return each actor's endpoints.
+    """Create the plan's shared-memory rings (its GRPC channels' rings are hosted on
+    their reader nodes: _crossnode); return each actor's endpoints.
 
     Raises:
         NotImplementedError: see refuse_unsupported.
@@ -129,7 +119,10 @@ def driver_reader_index(plan: Plan, channel_id: str) -> int:
 
 
 def setup_actors(
-    plan: Plan, actors: dict[str, ActorHandle], endpoints: dict[str, list[ShmEndpoint]]
+    plan: Plan,
+    actors: dict[str, ActorHandle],
+    endpoints: dict[str, list[ShmEndpoint]],
+    grpc: dict[str, list[GrpcEndpoint]] | None = None,
 ) -> dict[str, tuple[int, int]]:
     """Start every actor's executor, all in parallel; return actor id -> (pid, start time).
 
@@ -144,6 +137,7 @@ def setup_actors(
             actor=ap,
             channels=[c for c in plan.channels if c.channel_id in used],
             shm=endpoints.get(ap.actor_id, []),
+            grpc=(grpc or {}).get(ap.actor_id, []),
         )
         ref: Any = actors[ap.actor_id].__ray_call__.remote(setup_actor, setup.SerializeToString())
         calls.append((ap, ref))

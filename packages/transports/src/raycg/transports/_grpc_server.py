@@ -88,6 +88,13 @@ class GrpcServer:
             self._rings[channel_id] = spec
             self._cond.notify_all()
 
+    def remove_ring(self, channel_id: str) -> None:
+        """Forget ``channel_id`` if no stream claimed it yet (a graph torn down before its
+        writer connected); a stream that did ends with its ring's close."""
+        with self._cond:
+            self._rings.pop(channel_id, None)
+            self._taken.discard(channel_id)
+
     def _open(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
         """The handler of every stream: find its ring, then serve it."""
         try:

@@ -1,0 +1,197 @@
+"""Graphs across Ray nodes, on a real multi-node Ray: ``ray.cluster_utils.Cluster`` with
+a head (the driver's node) and two worker nodes on this machine, raycg's streams on
+loopback (RAYCG_GRPC_HOST), actors pinned to nodes by custom resources. One cluster for
+the whole module (each start costs seconds); Ray's single-node cluster of the other
+modules is restarted after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+from ray.dag import InputNode, MultiOutputNode
+from ray.exceptions import ActorDiedError, RayChannelError, RayTaskError
+
+import raycg
+from raycg.proto import Transport
+from raycg.runtime import actor_running_graphs
+
+from .conftest import Worker
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    was_running = ray.is_initialized()
+    if was_running:
+        ray.shutdown()
+    # raycg's streams listen on loopback (every node is this machine); the nodes' processes
+    # inherit it from this one.
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAYCG_GRPC_HOST", "127.0.0.1")
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for name in ("n1", "n2"):
+        c.add_node(num_cpus=2, resources={name: 10})
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False)
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+        mp.undo()
+        if was_running:  # as conftest's ray_local started it, for the modules after this one
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
+def on(node: str) -> object:
+    """A Worker pinned to ``node``."""
+    actor = Worker.options(resources={node: 1}).remote()  # type: ignore[attr-defined]
+    ray.get(actor.pid.remote())
+    return actor
+
+
+@pytest.fixture
+def a1(cluster: Cluster) -> Iterator[object]:
+    actor = on("n1")
+    yield actor
+    ray.kill(actor)
+
+
+@pytest.fixture
+def a2(cluster: Cluster) -> Iterator[object]:
+    actor = on("n2")
+    yield actor
+    ray.kill(actor)
+
+
+def transports(graph: object) -> set[int]:
+    return {c.transport for c in graph.plan.channels}  # type: ignore[attr-defined]
+
+
+def test_echo_across_nodes(a1: object) -> None:
+    with InputNode() as inp:
+        dag = a1.echo.bind(inp)  # type: ignore[attr-defined]
+    g = raycg.compile(dag, get_timeout=60)
+    try:
+        assert Transport.GRPC in transports(g)
+        assert [ray.get(g.execute(i)) for i in range(20)] == list(range(20))
+    finally:
+        g.teardown()
+
+
+def test_a_chain_over_both_nodes_carries_50_mb(a1: object, a2: object) -> None:
+    with InputNode() as inp:
+        dag = a2.echo.bind(a1.echo.bind(inp))  # type: ignore[attr-defined]
+    g = raycg.compile(dag, get_timeout=60)
+    try:
+        value = np.random.default_rng(1).random(50_000_000 // 8)
+        for _ in range(3):
+            got = ray.get(g.execute(value))
+            assert np.array_equal(got, value)
+            del got
+    finally:
+        g.teardown()
+
+
+def test_fan_out_to_both_nodes_and_a_multi_output(a1: object, a2: object) -> None:
+    with InputNode() as inp:
+        dag = MultiOutputNode([a1.inc.bind(inp), a2.inc.bind(inp), a2.add.bind(inp, 10)])  # type: ignore[attr-defined]
+    g = raycg.compile(dag, get_timeout=60)
+    try:
+        for i in range(10):
+            assert ray.get(g.execute(i)) == [i + 1, i + 1, i + 10]
+    finally:
+        g.teardown()
+
+
+def test_pipelined_executions_at_full_in_flight_depth(a1: object, a2: object) -> None:
+    with InputNode() as inp:
+        dag = a2.inc.bind(a1.inc.bind(inp))  # type: ignore[attr-defined]
+    g = raycg.compile(dag, get_timeout=60, max_inflight_executions=4)
+    try:
+        for round_ in range(5):
+            refs = [g.execute(round_ * 10 + i) for i in range(4)]
+            assert ray.get(refs) == [round_ * 10 + i + 2 for i in range(4)]
+    finally:
+        g.teardown()
+
+
+def test_an_app_exception_crosses_nodes_and_the_graph_goes_on(a1: object, a2: object) -> None:
+    with InputNode() as inp:
+        dag = a2.echo.bind(a1.fail.bind(inp))  # type: ignore[attr-defined]
+    g = raycg.compile(dag, get_timeout=60)
+    try:
+        with pytest.raises(RayTaskError, match="no key 7"):
+            ray.get(g.execute(7))
+        with pytest.raises(RayTaskError, match="no key 8"):
+            ray.get(g.execute(8))
+    finally:
+        g.teardown()
+
+
+def test_remote_actors_are_reusable_after_teardown_and_nothing_is_left(a1: object, a2: object) -> None:
+    for i in range(20):
+        with InputNode() as inp:
+            dag = a2.inc.bind(a1.inc.bind(inp))  # type: ignore[attr-defined]
+        g = raycg.compile(dag, get_timeout=60)
+        assert ray.get(g.execute(i)) == i + 2
+        g.teardown()
+    for actor in (a1, a2):
+        assert ray.get(actor.__ray_call__.remote(_hosted_graphs)) == []  # type: ignore[attr-defined]
+        assert actor_running_graphs(actor) == []
+    assert ray.get(a1.inc.remote(1)) == 2  # type: ignore[attr-defined]
+
+
+def test_a_killed_remote_actor_fails_the_pending_get(cluster: Cluster) -> None:
+    a1, a2 = on("n1"), on("n2")
+    with InputNode() as inp:
+        dag = a2.echo.bind(a1.sleep_then_echo.bind(inp, 2.0))  # type: ignore[attr-defined]
+    g = raycg.compile(dag, get_timeout=60)
+    try:
+        ref = g.execute(1)
+        ray.kill(a1)
+        with pytest.raises((ActorDiedError, RayChannelError)):
+            ray.get(ref)
+        with pytest.raises((ActorDiedError, RayChannelError)):
+            ray.get(g.execute(2))
+    finally:
+        g.teardown()
+        ray.kill(a2)
+
+
+def test_a_removed_node_fails_the_waiting_get_and_survivors_are_reusable(
+    cluster: Cluster, a2: object
+) -> None:
+    node = cluster.add_node(num_cpus=1, resources={"n3": 10})
+    cluster.wait_for_nodes()
+    doomed = on("n3")
+    with InputNode() as inp:
+        dag = a2.echo.bind(doomed.sleep_then_echo.bind(inp, 3.0))  # type: ignore[attr-defined]
+    g = raycg.compile(dag, get_timeout=60)
+    try:
+        assert ray.get(g.execute(0)) == 0
+        ref = g.execute(1)
+        cluster.remove_node(node, allow_graceful=False)
+        with pytest.raises((ActorDiedError, RayChannelError)):
+            ray.get(ref)
+    finally:
+        g.teardown()  # returns, with a node gone
+    with InputNode() as inp:
+        dag = a2.inc.bind(inp)  # type: ignore[attr-defined]
+    g = raycg.compile(dag, get_timeout=60)  # the survivor on n2 takes a new graph
+    try:
+        assert ray.get(g.execute(1)) == 2
+    finally:
+        g.teardown()
+
+
+def _hosted_graphs(instance: object) -> list[str]:
+    from raycg.runtime import _hosting
+
+    return list(_hosting._hosted)
