@@ -55,3 +55,18 @@ def test_a_collective_compiles_and_is_refused_at_setup(actors: list, which: str)
         assert ray.get(graph.execute(3)) == 3
     finally:
         graph.teardown()
+
+
+def test_raycg_collective_binds_one_node_per_member_and_checks_its_arguments(actors: list) -> None:
+    a, b, c = actors[:3]
+    with InputNode() as inp:
+        xs = [a.echo.bind(inp), b.echo.bind(inp), c.echo.bind(inp)]
+        for bind in (raycg.collective.allreduce.bind, raycg.collective.allgather.bind):
+            outs = bind(xs)
+            assert [o._get_actor_handle() for o in outs] == [a, b, c]
+        outs = raycg.collective.reducescatter.bind(xs, transport="cpu")
+        assert outs[0].collective_op.raycg_transport == "cpu"
+        with pytest.raises(ValueError, match=r"^broadcast.bind: src_rank=3 is not in \[0, 3\)"):
+            raycg.collective.broadcast.bind(xs, src_rank=3)
+        with pytest.raises(ValueError, match=r"^allgather.bind: transport='gloo' is not None, 'nccl', 'cpu'"):
+            raycg.collective.allgather.bind(xs, transport="gloo")

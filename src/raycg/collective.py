@@ -25,7 +25,7 @@ from ray.experimental.util.types import AllGatherOp, AllReduceOp, ReduceOp, Redu
 
 from raycg.compiler import BroadcastOp
 
-__all__ = ["ReduceOp", "allgather", "allreduce", "broadcast", "reducescatter"]
+__all__ = ["allgather", "allreduce", "broadcast", "reducescatter"]
 
 # raycg's spelling -> what Ray's type hint accepts (it validates the rest).
 _RAY_TRANSPORT = {None: "auto", "nccl": "accelerator", "cpu": "cpu"}

@@ -14,7 +14,7 @@ from ray.experimental.util.types import Device
 
 from raycg.compiler import run_passes
 from raycg.compiler._emit import emit_plan
-from raycg.compiler.ir import Actor, FirstArg, Graph, Node, Ref, TensorHint
+from raycg.compiler.ir import Actor, Collective, FirstArg, Graph, Node, Ref, TensorHint
 from raycg.proto import Device as PlanDevice
 from raycg.proto import TensorTransport
 
@@ -133,3 +133,26 @@ def test_explicit_nccl_to_the_driver_is_refused(actors: list[Any]) -> None:
         dag = MultiOutputNode([actors[0].echo.bind(inp).with_tensor_transport(transport="nccl")])
     with pytest.raises(ValueError, match="has no GPU"):
         compile_debug(dag)
+
+
+def test_a_collective_without_transport_picks_nccl_only_when_every_member_has_a_gpu() -> None:
+    for gpus, chosen in (([["0"], ["1"]], "nccl"), ([["0"], []], "cpu")):
+        graph = Graph(OPTIONS)
+        graph.driver_node_id = "n"
+        inp = graph.add_node(Node("inp", "input", "InputNode"))
+        coll = Collective("coll0", "allreduce", ["a" * 32, "b" * 32], reduce_op="SUM")
+        for tag, ids in zip("ab", gpus, strict=True):
+            actor = Actor(tag * 32, "Stage", f"stage_{tag}", None, node_id="n", gpu_ids=ids)
+            graph.actors[actor.actor_id] = actor
+            x = graph.add_node(Node(f"x{tag}", "call", "Stage.x", actor, "x", args=[Ref(inp, (FirstArg(),))]))
+            member = graph.add_node(
+                Node(f"c{tag}", "collective", "allreduce.SUM(Stage.x)", actor, "c", args=[Ref(x)])
+            )
+            member.meta["collective"] = coll
+            coll.members.append(member)
+        graph.add_node(
+            Node("out", "output", "output", args=[Ref(m) for m in coll.members], meta={"multi_output": True})
+        )
+        run_passes(graph, debug=True)
+        assert coll.transport == chosen
+        assert str(graph).splitlines()[3].endswith(f"coll0 rank=0/2 via={chosen}")

@@ -267,7 +267,8 @@ def test_a_collective_is_each_member_actors_task(actors: list[Any]) -> None:
         members=[a._actor_id.hex(), b._actor_id.hex()],
         rank=0,
         src_rank=1,
-        transport="auto",
+        transport="cpu",  # transport=None on actors without GPUs: raycg's CPU communicator
     )
     assert [t.inputs for t in parts] == [["ch1"], ["ch2"]]  # each member's own tensor (in process)
-    assert "%echo0_broadcast = collective[echo0.broadcast](%echo0_add)" in str(compiled.graph)
+    line = "%echo0_broadcast = collective[echo0.broadcast](%echo0_add)  transport=shm slots=10"
+    assert f"{line} coll0 rank=0/2 via=cpu" in str(compiled.graph)

@@ -8,6 +8,9 @@ otherwise; ``"shm"`` never NCCL; ``"nccl"``/``"accelerator"`` GPU to GPU, refuse
 an end has no GPU or the value is the graph's input (the driver is in no communicator);
 a Communicator instance carries them itself. An edge within one actor hands the object
 over. The result, ``node.meta["tensor_to"]``, maps each user to a ``TensorTransport``.
+
+A collective's ``transport=None`` ("auto") is chosen here too: NCCL when every member has
+a GPU, raycg's CPU communicator otherwise (``Collective.transport`` becomes "nccl" or "cpu").
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ def assign_tensor_transports(graph: Graph) -> None:
     """
     for inp in graph.nodes_of("input"):
         _check_input_hints(inp)
+    for node in graph.nodes_of("collective"):
+        collective = node.meta["collective"]
+        if collective.transport == "auto":
+            every_gpu = all(_has_gpu(member) for member in collective.members)
+            collective.transport = "nccl" if every_gpu else "cpu"
     for node in graph.nodes:
         hint: TensorHint | None = node.meta.get("tensor_hint")
         if hint is None or node.op == "output":
