@@ -26,10 +26,12 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    was_running = ray.is_initialized()
-    if was_running:
-        ray.shutdown()
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    # One Ray connection per process: this worker's single-node Ray (conftest's ray_local)
+    # goes down for this module and comes back after it, with the session's shared actors
+    # made anew in place, so that the modules after this one in the worker find them.
+    shared = request.getfixturevalue("actors")
+    ray.shutdown()
     # raycg's streams listen on loopback (every node is this machine); the nodes' processes
     # inherit it from this one.
     mp = pytest.MonkeyPatch()
@@ -45,8 +47,9 @@ def cluster() -> Iterator[Cluster]:
         ray.shutdown()
         c.shutdown()
         mp.undo()
-        if was_running:  # as conftest's ray_local started it, for the modules after this one
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # as ray_local did
+        shared[:] = [Worker.remote() for _ in shared]
+        ray.get([h.pid.remote() for h in shared])
 
 
 def on(node: str) -> object:
