@@ -130,6 +130,9 @@ LATENCY_CASES = (
 THROUGHPUT_LIMIT = 3.0  # raycg at least 3x Ray CG's executions/s
 COMPILE_LIMIT = 0.5
 IDLE_LIMIT_PCT = 1.0
+# What an idle raycg graph may cost, driver and actors together, above the same
+# processes under Ray core (its own threads: the core workers' gRPC and event loops).
+IDLE_TOTAL_LIMIT_PCT = 0.5
 
 
 def value_for(size: str) -> Any:
@@ -149,3 +152,4 @@ class Results:
     compile_s: Seconds
     first_s: Seconds  # compile and first execution
     idle_pct: dict[str, float]  # engine -> % of a core per actor
+    idle_total_pct: dict[str, float]  # engine -> % of a core, the driver and the actors together

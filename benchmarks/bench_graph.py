@@ -292,19 +292,28 @@ def measure_compile(plan: Plan) -> tuple[Seconds, Seconds]:
     return compile_s, first_s
 
 
-def measure_idle(plan: Plan) -> dict[str, float]:
-    """% of a core per actor that a graph (a chain of 2) burns while nobody executes it."""
+def measure_idle(plan: Plan) -> tuple[dict[str, float], dict[str, float]]:
+    """What a graph (a chain of 2) burns while nobody executes it: % of a core per
+    actor, and % of a core for the driver and the actors together (engine -> %)."""
     with deployed(chain(IDLE_ACTORS)) as (deployments, turns):
-        return {e: _idle_pct(d, turns, plan.idle_s) for e, d in deployments.items()}
+        idle = {e: _idle_pct(d, turns, plan.idle_s) for e, d in deployments.items()}
+    return {e: per_actor for e, (per_actor, _) in idle.items()}, {e: total for e, (_, total) in idle.items()}
 
 
-def _idle_pct(deployment: Deployment, turns: Turns, idle_s: float) -> float:
+def _idle_pct(deployment: Deployment, turns: Turns, idle_s: float) -> tuple[float, float]:
+    """(% per actor, % for the driver and the actors together). The driver's share is
+    its whole process: Ray's own threads and the driver-side threads of every engine's
+    graph (they all exist at once; only the actors of the others are stopped)."""
     turns.give(deployment.engine)
     ray.get(deployment.submit(SMALL_VALUE))
-    cpu0, t0 = sum(map(_util.cpu_seconds, deployment.pids)), time.monotonic()
+    time.sleep(0.5)  # past every wait's spin: from here on the graph is idle
+    pids = [os.getpid(), *deployment.pids]
+    cpu0, t0 = [_util.cpu_seconds_fine(p) for p in pids], time.monotonic()
     time.sleep(idle_s)
-    cpu1, t1 = sum(map(_util.cpu_seconds, deployment.pids)), time.monotonic()
-    return 100 * (cpu1 - cpu0) / (t1 - t0) / len(deployment.pids)
+    cpu1, t1 = [_util.cpu_seconds_fine(p) for p in pids], time.monotonic()
+    used = [b - a for a, b in zip(cpu0, cpu1)]
+    wall = t1 - t0
+    return 100 * sum(used[1:]) / wall / len(deployment.pids), 100 * sum(used) / wall
 
 
 def run(plan: Plan) -> Results:
@@ -321,7 +330,7 @@ def run(plan: Plan) -> Results:
         print("measuring: asyncio throughput", flush=True)
         async_throughput = measure_async_throughput(plan)
         compile_s, first_s = measure_compile(plan)
-        return Results(latency, throughput, async_throughput, compile_s, first_s, measure_idle(plan))
+        return Results(latency, throughput, async_throughput, compile_s, first_s, *measure_idle(plan))
     finally:
         ray.shutdown()
 
