@@ -28,7 +28,7 @@ from ray.exceptions import (
 import raycg
 from raycg.runtime import actor_running_graphs
 
-from .conftest import Worker
+from .conftest import Worker, wait_process_gone
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(60)]
 
@@ -59,16 +59,22 @@ KILLS = {
 def test_idle_actor_death_fails_next_execute_then_channel_error(fresh: list, kill: str) -> None:
     g = raycg.compile(chain3(fresh), get_timeout=-1)
     assert ray.get(g.execute(1)) == 4
-    KILLS[kill](fresh[1], ray.get(fresh[1].pid.remote()))
-    time.sleep(0.5)  # idle: nobody is waiting on the graph
+    pid = ray.get(fresh[1].pid.remote())
+    KILLS[kill](fresh[1], pid)
+    wait_process_gone(pid)  # ray.kill returns before; a loaded machine takes its time
+    time.sleep(0.5)  # idle: nobody is waiting on the graph; the monitor polls meanwhile
     with pytest.raises(ActorDiedError):
         g.execute(1)
     with pytest.raises(RayChannelError) as later:
         g.execute(1)
     assert isinstance(later.value.__cause__, ActorDiedError)
-    # The survivors are alive, have no executor left, and take a new graph.
+    # The survivors are alive, have no executor left (the monitor's thread tears the
+    # graph down right after it reports the death), and take a new graph.
     for survivor in (fresh[0], fresh[2]):
         assert ray.get(survivor.inc.remote(1)) == 2
+        deadline = time.monotonic() + 10
+        while actor_running_graphs(survivor) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert actor_running_graphs(survivor) == []
     with InputNode() as inp:
         g2 = raycg.compile(fresh[2].inc.bind(fresh[0].inc.bind(inp)))
