@@ -35,7 +35,7 @@ def _one_node_plan() -> Plan:
     return plan
 
 
-def test_a_collective_is_refused_naming_it_and_its_members() -> None:
+def test_a_collective_over_nccl_is_refused_naming_it_and_its_members() -> None:
     plan = _one_node_plan()
     for rank, actor in enumerate(plan.actors):
         task = actor.tasks.add(display_name="allreduce.SUM(Adder.add)", inputs=["ch0"])
@@ -46,16 +46,20 @@ def test_a_collective_is_refused_naming_it_and_its_members() -> None:
                 reduce_op="SUM",
                 members=["aa" * 16, "bb" * 16],
                 rank=rank,
+                transport="nccl",
             )
         )
     with pytest.raises(
         NotImplementedError,
         match=re.escape(
-            "allreduce.SUM(Adder.add) (coll0, members Adder(aaaaaa), Adder(bbbbbb)): "
-            "raycg.runtime cannot run collectives yet"
+            "coll0 (members Adder(aaaaaa), Adder(bbbbbb)): raycg.runtime runs collectives with its "
+            "CPU communicator only, not over NCCL yet"
         ),
     ):
         _setup.create_rings(plan, _setup.Resources())
+    for actor in plan.actors:
+        actor.tasks[0].collective.transport = "auto"  # no GPUs: the CPU communicator
+    _setup.refuse_unsupported(plan)
 
 
 def test_tensors_planned_through_nccl_are_refused() -> None:

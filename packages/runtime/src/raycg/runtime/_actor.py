@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import pickle
 import threading
 from typing import Any
 
@@ -65,13 +66,14 @@ def _status(ex: Executor) -> ActorStatus:
     return status
 
 
-def setup_actor(instance: object, setup_bytes: bytes) -> bytes:
-    """Runs on the actor (through ``__ray_call__``): open the channels, start the loop."""
+def setup_actor(instance: object, setup_bytes: bytes, extras: bytes = b"") -> bytes:
+    """Runs on the actor (through ``__ray_call__``): open the channels, join the
+    communicators (``extras``: pickled, from ``_setup.setup_actors``), start the loop."""
     setup = ActorSetup.FromString(setup_bytes)
     status = ActorStatus(graph_id=setup.graph_id, actor_id=setup.actor.actor_id, pid=os.getpid())
     status.pid_start_time = process_start_time(os.getpid()) or 0
     try:
-        ex = Executor(setup, instance, _forget)
+        ex = Executor(setup, instance, _forget, pickle.loads(extras) if extras else None)
     except Exception as e:
         status.state = ActorStatus.FAILED
         status.error.CopyFrom(

@@ -24,6 +24,7 @@ from raycg.transports import (
     ChannelBroken,
     ChannelClosed,
     ChannelError,
+    ChannelTimeout,
     GrpcChannelSpec,
     GrpcTarget,
     GrpcWriter,
@@ -35,6 +36,7 @@ from raycg.transports import (
 )
 
 from . import _errors
+from ._collectives import CollectiveTask
 from ._projection import FIRST_ARG, compile_projections, project
 from ._stats import STATS_ENABLED, Recorder, timed
 
@@ -73,6 +75,7 @@ def _make_getter(arg: ArgPlan, slots: list[int], from_input: list[bool]) -> Gett
 
 class _Task:
     __slots__ = (
+        "collective",
         "display",
         "getters",
         "input_idx",
@@ -95,13 +98,20 @@ class _Task:
         self.kwgetters: list[tuple[str, Getter]] = []
         self.writers: list[Channel] = []
         self.stats = Recorder()  # time in the method
+        self.collective: CollectiveTask | None = None  # set: method is this member's part
 
 
 class Executor:
     """One graph's loop on this actor. ``on_exit`` runs on the executor thread when the
     loop ends (its channels closed), whatever ended it."""
 
-    def __init__(self, setup: ActorSetup, instance: object, on_exit: Callable[[Executor], None]):
+    def __init__(
+        self,
+        setup: ActorSetup,
+        instance: object,
+        on_exit: Callable[[Executor], None],
+        extras: dict[str, Any] | None = None,
+    ):
         self.graph_id = setup.graph_id
         self.actor_repr = setup.actor.actor_label
         self.actor_id = setup.actor.actor_id
@@ -112,6 +122,8 @@ class Executor:
         self.running: _Task | None = None  # the task under way (for the error report)
         self.executions = 0
         self._on_exit = on_exit
+        self._extras = extras or {}
+        self.collectives: list[CollectiveTask] = []
         try:
             self.tasks = self._build(setup, instance)
         except BaseException:
@@ -135,7 +147,12 @@ class Executor:
         self.read_stats: dict[str, Recorder] = {}
         tasks = []
         for tp in setup.actor.tasks:
-            task = _Task(getattr(instance, tp.method), tp.display_name, tp.num_returns or 1)
+            if tp.HasField("collective"):
+                coll = self._collective(tp)
+                task = _Task(coll, tp.display_name, 1)
+                task.collective = coll
+            else:
+                task = _Task(getattr(instance, tp.method), tp.display_name, tp.num_returns or 1)
             if STATS_ENABLED:  # time spent in the method
                 task.method = timed(task.method, task.stats)
             slots, from_input = [], []
@@ -154,6 +171,23 @@ class Executor:
             task.writers = [self._open_writer(plans[ch], shm, inproc) for ch in tp.outputs]
             tasks.append(task)
         return tasks
+
+    def _collective(self, tp: Any) -> CollectiveTask:
+        """Join this task's collective (the communicator spec came with the setup)."""
+        cid = tp.collective.collective_id
+        spec = self._extras.get("comms", {}).get(cid)
+        if spec is None:
+            raise RuntimeError(f"{tp.display_name}: no communicator was set up for {cid}")
+        coll = CollectiveTask(
+            tp.collective,
+            spec,
+            self._extras.get("timeout_s"),
+            tp.display_name,
+            self.actor_repr,
+            self.actor_id,
+        )
+        self.collectives.append(coll)
+        return coll
 
     def _open_reader(self, plan: ChannelPlan, me: str, shm: dict, inproc: dict) -> Channel:
         if plan.transport == Transport.INPROC:
@@ -191,10 +225,14 @@ class Executor:
             pass  # the caller closed the graph's rings (teardown), or a peer's loop ended
         except ChannelBroken as e:
             self._failed("channel_broken", e)
+        except ChannelTimeout as e:  # a member of a collective never joined
+            self._failed("communicator_timeout", e)
         except BaseException as e:  # a bug of ours: report it, never die silently
             self._failed("executor_crashed", e)
         finally:
             self.close()
+            for coll in self.collectives:  # only this thread calls them: safe to leave now
+                coll.destroy()
             self._on_exit(self)
 
     def _failed(self, kind: str, e: BaseException) -> None:
@@ -207,7 +245,8 @@ class Executor:
             for idx, read in task.reads:
                 vals[idx] = self._read(read, task)
             result = None
-            for idx in task.input_idx:
+            # A collective's member runs even on a failed input: the others wait for it.
+            for idx in task.input_idx if task.collective is None else ():
                 if isinstance(vals[idx], RayTaskError):
                     result = vals[idx]  # an upstream task failed: skip this one
                     break
@@ -235,12 +274,19 @@ class Executor:
         try:
             args = [g(vals) for g in task.getters]
             kwargs = {k: g(vals) for k, g in task.kwgetters}
-            with _TASK_LOCK:  # one graph task at a time on this actor, whatever the graph
+            if task.collective is not None:
+                # Never under the lock: it waits for other actors, whose tasks may need
+                # this actor's other graphs to progress first.
                 result = task.method(*args, **kwargs)
+            else:
+                with _TASK_LOCK:  # one graph task at a time on this actor, whatever the graph
+                    result = task.method(*args, **kwargs)
             if task.num_returns > 1:
                 _check_num_returns(result, task.num_returns, task.display)
             return _NONE if result is None else result
         except BaseException as e:  # SystemExit, KeyboardInterrupt too: the user's code raised them
+            if task.collective is not None and isinstance(e, ChannelError):
+                raise  # the communicator failed: the loop ends (see _run)
             task.stats.errors += 1
             return _errors.wrap_task_error(e, task.display, self.actor_repr, self.actor_id)
 
@@ -253,6 +299,8 @@ class Executor:
             w.write(_errors.unserializable_result_error(e, task.display, self.actor_repr), None)
 
     def close(self) -> None:
+        for coll in getattr(self, "collectives", ()):
+            coll.abort()  # wakes this loop, if blocked in one, and the other members
         for ep in self.endpoints:
             ep.close()
         for ring in self.inproc:

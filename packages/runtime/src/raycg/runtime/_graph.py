@@ -152,7 +152,7 @@ class CompiledGraph:
         self._results = Results(
             self._name, readers, out_map, max(1, plan.options.max_buffered_results), _weak_fault(self)
         )
-        processes = _setup.setup_actors(plan, self._actors, endpoints, cross.grpc)
+        processes = _setup.setup_actors(plan, self._actors, endpoints, cross.grpc, res.comm_specs)
         self._processes = _crossnode.local_processes(plan, processes)
 
     # -- execute ----------------------------------------------------------------------

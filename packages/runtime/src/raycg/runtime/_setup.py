@@ -3,6 +3,7 @@ of all of them), and each actor gets its part of the plan in one ``__ray_call__`
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import ray
@@ -21,6 +22,7 @@ from raycg.proto import (
 )
 from raycg.transports import ShmRing
 
+from . import _collectives
 from ._actor import setup_actor
 
 SETUP_TIMEOUT_S = 60.0
@@ -34,14 +36,19 @@ class Resources:
         self.rings: dict[str, ShmRing] = {}
         self.endpoints: list[Any] = []
         self.writers: list[Any] = []  # the caller's GRPC writers: closed with the rings
+        self.groups: list[Any] = []  # communicator groups (CpuCommGroup), one per collective
+        self.comm_specs: dict[str, dict[str, Any]] = {}  # actor id -> {collective id: spec}
 
     def close_rings(self) -> None:
         # Closing a ring sets its shared closed flag: every executor blocked on it, in
-        # any process, wakes with ChannelClosed and exits. No Ray call needed.
+        # any process, wakes with ChannelClosed and exits. No Ray call needed. Closing a
+        # communicator group aborts it: a member blocked in a collective wakes likewise.
         for ring in list(self.rings.values()):
             ring.close()
         for writer in self.writers:  # a write blocked on a remote ring wakes too
             writer.close()
+        for group in self.groups:
+            group.close()
 
     def close(self) -> None:
         for ep in self.endpoints:
@@ -49,6 +56,7 @@ class Resources:
         self.close_rings()
         self.endpoints.clear()
         self.rings.clear()
+        self.groups.clear()
 
 
 def refuse_unsupported(plan: Plan) -> None:
@@ -56,11 +64,11 @@ def refuse_unsupported(plan: Plan) -> None:
     created: the one place such refusals live (create_rings calls it first).
 
     Raises:
-        NotImplementedError: a collective, naming it and its members; tensors planned to
-            go through NCCL or a user's Communicator, naming the edge. (GRPC channels, edges
-            across Ray nodes, are set up by _crossnode.)
+        NotImplementedError: tensors planned to go through NCCL or a user's Communicator,
+            naming the edge; a collective over NCCL or a user's Communicator (see
+            _collectives.refuse_unsupported). (GRPC channels, edges across Ray nodes, are
+            set up by _crossnode.)
     """
-    nodes = {a.actor_id: (a.actor_label, a.node_id) for a in plan.actors}
     for ch in plan.channels:
         if ch.tensor.transport in (TensorTransport.TENSOR_ACCELERATOR, TensorTransport.TENSOR_COMMUNICATOR):
             how = "NCCL" if ch.tensor.transport == TensorTransport.TENSOR_ACCELERATOR else "a Communicator"
@@ -69,15 +77,7 @@ def refuse_unsupported(plan: Plan) -> None:
                 f"({ch.tensor.written}), which raycg.runtime cannot run yet; use "
                 "with_tensor_transport(transport='shm')"
             )
-    for actor in plan.actors:
-        for task in actor.tasks:
-            if task.HasField("collective"):
-                c = task.collective
-                members = ", ".join(nodes.get(m, (m, ""))[0] for m in c.members)
-                raise NotImplementedError(
-                    f"{task.display_name} ({c.collective_id}, members {members}): raycg.runtime "
-                    "cannot run collectives yet; compute the reduction in a task instead"
-                )
+    _collectives.refuse_unsupported(plan)
 
 
 def create_rings(plan: Plan, res: Resources) -> dict[str, list[ShmEndpoint]]:
@@ -94,6 +94,7 @@ def create_rings(plan: Plan, res: Resources) -> dict[str, list[ShmEndpoint]]:
             ring = ShmRing(ch.num_slots, len(ch.readers), ch.slot_size_bytes, name=ch.label or ch.channel_id)
             res.rings[ch.channel_id] = ring
             _add_endpoints(ch, ring, endpoints)
+    res.comm_specs = _collectives.make_groups(plan, res.groups)
     return endpoints
 
 
@@ -123,6 +124,7 @@ def setup_actors(
     actors: dict[str, ActorHandle],
     endpoints: dict[str, list[ShmEndpoint]],
     grpc: dict[str, list[GrpcEndpoint]] | None = None,
+    comm_specs: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, tuple[int, int]]:
     """Start every actor's executor, all in parallel; return actor id -> (pid, start time).
 
@@ -139,7 +141,16 @@ def setup_actors(
             shm=endpoints.get(ap.actor_id, []),
             grpc=(grpc or {}).get(ap.actor_id, []),
         )
-        ref: Any = actors[ap.actor_id].__ray_call__.remote(setup_actor, setup.SerializeToString())
+        # Communicator specs hold Python objects the proto cannot: pickled beside it.
+        comms = (comm_specs or {}).get(ap.actor_id)
+        extras = (
+            b""
+            if not comms
+            else pickle.dumps(
+                {"comms": comms, "timeout_s": _collectives.member_timeout(plan.options.get_timeout_s)}
+            )
+        )
+        ref: Any = actors[ap.actor_id].__ray_call__.remote(setup_actor, setup.SerializeToString(), extras)
         calls.append((ap, ref))
     processes: dict[str, tuple[int, int]] = {}
     failures = []
