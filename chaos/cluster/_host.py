@@ -41,6 +41,14 @@ def start(cluster: Cluster, module: str, seed: int, *args: str) -> Driver:
     return driver
 
 
+def reset(cluster: Cluster) -> None:
+    """After a failed run: restart the containers it left something in, so that the next
+    run starts clean (its own check of that would fail otherwise)."""
+    for service in cluster.leftovers():
+        cluster.restart(service)
+    cluster.heal()
+
+
 def clean(cluster: Cluster) -> None:
     """Nothing of raycg's left in any running container (polled up to CLEANUP_BOUND_S)."""
     deadline = time.monotonic() + CLEANUP_BOUND_S

@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import time
+from typing import Any
 
 import ray
 
@@ -18,6 +19,14 @@ from . import _drive
 
 def drive(seed: int, args: argparse.Namespace) -> None:
     namespace = f"chaos-{seed}"
+    if args.cleanup:  # after a failed run: the detached stages go, whatever state they are in
+        for node in dict.fromkeys(_drive.NODES):
+            try:
+                ray.kill(ray.get_actor(f"stage-{node}", namespace=namespace))
+            except ValueError:
+                pass  # never made, or gone already
+        _drive.result(error="cleaned up")
+        return
     if args.check:  # the second driver: wait for the executors to stop, then clean up
         stages = [ray.get_actor(f"stage-{node}", namespace=namespace) for node in dict.fromkeys(_drive.NODES)]
         took = _drive.wait_idle(stages)
@@ -41,10 +50,20 @@ def drive(seed: int, args: argparse.Namespace) -> None:
 
 
 def run(seed: int) -> Outcome:
-    from ._host import CLEANUP_BOUND_S, clean, cluster, outcome, start  # host only: Docker SDK
+    from ._host import cluster  # host only: Docker SDK
 
     c = cluster()
     delay = random.Random(seed).uniform(0.1, 1.0)
+    try:
+        return _run(c, seed, delay)
+    except BaseException:
+        c.drive("kill_driver", seed, "--cleanup").result(60)  # detached: they outlive us
+        raise
+
+
+def _run(c: Any, seed: int, delay: float) -> Outcome:
+    from ._host import CLEANUP_BOUND_S, clean, outcome, start
+
     driver = start(c, "kill_driver", seed)
     time.sleep(delay)
     os.kill(driver.pid(), signal.SIGKILL)
@@ -62,4 +81,9 @@ def run(seed: int) -> Outcome:
 
 
 if __name__ == "__main__":
-    _drive.main(drive, lambda p: p.add_argument("--check", action="store_true"))
+
+    def options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--check", action="store_true")
+        p.add_argument("--cleanup", action="store_true")
+
+    _drive.main(drive, options)

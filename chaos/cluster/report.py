@@ -19,7 +19,7 @@ import sys
 
 from .._harness import Outcome
 from ..report import DOC
-from ._host import CLEANUP_BOUND_S, NODE_BOUND_S
+from ._host import CLEANUP_BOUND_S, NODE_BOUND_S, cluster, reset
 from .test_cluster import SCENARIOS, run
 
 BEGIN, END = "<!-- cluster-chaos-report:begin -->", "<!-- cluster-chaos-report:end -->"
@@ -35,9 +35,17 @@ def run_all(scenarios: list[str], runs: int, seed: int) -> tuple[list[Outcome], 
                 outcomes.append(o)
                 print(o.line(), flush=True)
             except Exception as e:  # a failed check: report it, keep going
-                failures.append(f"{scenario} seed={s}: {type(e).__name__}: {str(e)[-1500:]}")
+                failures.append(f"{scenario} seed={s}: {type(e).__name__}: {_short(e)}")
                 print(f"[chaos] FAILED {failures[-1]}", flush=True)
+                reset(cluster())
     return outcomes, failures
+
+
+def _short(e: BaseException) -> str:
+    """The assertion's first line and the driver's ERROR line, if any: enough for a table."""
+    lines = str(e).splitlines()
+    errors = [line for line in lines if line.startswith(("ERROR ", "AssertionError"))]
+    return " / ".join(dict.fromkeys([lines[0] if lines else "", *errors[-2:]]))[:600]
 
 
 def table(outcomes: list[Outcome], failures: list[str]) -> str:

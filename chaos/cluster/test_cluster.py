@@ -103,7 +103,13 @@ def _example(c: object, node: str, *args: str, script: str = "examples/cluster.p
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_scenario(scenario: str, seed: int) -> None:
-    print(run(scenario, seed).line())
+    from ._host import cluster, reset
+
+    try:
+        print(run(scenario, seed).line())
+    except BaseException:
+        reset(cluster())  # the next scenario starts clean
+        raise
 
 
 def run(scenario: str, seed: int) -> Outcome:
