@@ -12,7 +12,14 @@ import random
 
 import pytest
 
-SCENARIOS = ["kill_actor", "kill_caller", "stall_channel", "exhaust_capacity", "teardown_midway"]
+SCENARIOS = [
+    "kill_actor",
+    "kill_caller",
+    "stall_channel",
+    "stall_communicator",
+    "exhaust_capacity",
+    "teardown_midway",
+]
 # Random per run, but the same in every pytest-xdist worker (they must collect the same
 # test ids): the workers share the run's uid.
 _RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
