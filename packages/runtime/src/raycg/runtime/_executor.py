@@ -35,7 +35,7 @@ from raycg.transports import (
     open_writer,
 )
 
-from . import _errors
+from . import _errors, _tensor_edges
 from ._collectives import CollectiveTask
 from ._projection import FIRST_ARG, compile_projections, project
 from ._stats import STATS_ENABLED, Recorder, timed
@@ -75,6 +75,7 @@ def _make_getter(arg: ArgPlan, slots: list[int], from_input: list[bool]) -> Gett
 
 class _Task:
     __slots__ = (
+        "check",
         "collective",
         "display",
         "getters",
@@ -99,6 +100,7 @@ class _Task:
         self.writers: list[Channel] = []
         self.stats = Recorder()  # time in the method
         self.collective: CollectiveTask | None = None  # set: method is this member's part
+        self.check: _tensor_edges.PromiseCheck | None = None  # its type hint's promises
 
 
 class Executor:
@@ -159,7 +161,10 @@ class Executor:
             for ch in tp.inputs:
                 if ch not in self._index:
                     self._index[ch] = len(self._index)
-                    read = self._open_reader(plans[ch], me, shm, inproc).read
+                    read: Callable[[float | None], Any] = self._open_reader(plans[ch], me, shm, inproc).read
+                    place = _tensor_edges.placement(plans[ch], list(setup.actor.gpu_ids))
+                    if place is not None:  # the hint's device: the reader's GPU
+                        read = _placed(read, place)
                     if STATS_ENABLED:  # time spent waiting for the value
                         read = timed(read, self.read_stats.setdefault(ch, Recorder()))
                     task.reads.append((self._index[ch], read))
@@ -168,6 +173,7 @@ class Executor:
             task.input_idx = slots
             task.getters = [_make_getter(a, slots, from_input) for a in tp.args]
             task.kwgetters = [(kw.name, _make_getter(kw.value, slots, from_input)) for kw in tp.kwargs]
+            task.check = _tensor_edges.promise_check([plans[c] for c in tp.outputs], tp.display_name)
             task.writers = [self._open_writer(plans[ch], shm, inproc) for ch in tp.outputs]
             tasks.append(task)
         return tasks
@@ -257,6 +263,10 @@ class Executor:
                     break
             if result is None:
                 result = self._call(task, vals)
+                if task.check is not None:  # _static_shape, _direct_return
+                    result = _tensor_edges.checked(
+                        task.check, result, task.display, self.actor_repr, self.actor_id
+                    )
             for w in task.writers:
                 self._write(w, result, task)
         for i in range(self.nvals):
@@ -305,6 +315,12 @@ class Executor:
             ep.close()
         for ring in self.inproc:
             ring.close()
+
+
+def _placed(
+    read: Callable[[float | None], Any], place: Callable[[Any], Any]
+) -> Callable[[float | None], Any]:
+    return lambda timeout_s: place(read(timeout_s))
 
 
 def _check_num_returns(result: Any, n: int, display: str) -> None:

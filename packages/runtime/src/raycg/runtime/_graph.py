@@ -33,7 +33,7 @@ from raycg.transports import (
     remaining,
 )
 
-from . import _crossnode, _errors, _monitor, _setup, _stats_report
+from . import _crossnode, _errors, _monitor, _setup, _stats_report, _tensor_edges
 from ._actor import running_graphs, teardown_actor
 from ._inputs import InputSignature
 from ._projection import compile_projections
@@ -291,6 +291,8 @@ class CompiledGraph:
             self._results.release(idx, out)
 
     def _unwrap(self, value: Any) -> Any:
+        if _tensor_edges.broke_a_promise(value):  # as Ray: a broken promise ends the graph
+            self.teardown(reason=f"a tensor type hint's promise was broken: {value.cause}")
         return _errors.raise_if_task_error(value)
 
     # -- failures ---------------------------------------------------------------------
