@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from runtime_plans import add_channel
+from runtime_plans import add_channel, crossnode_plan
 
-from raycg.proto import Plan, Transport
+from raycg.proto import CollectiveKind, Device, Plan, TensorHint, TensorTransport, Transport
 from raycg.runtime._visualize import to_ascii, to_dot, visualize
 
 pytestmark = pytest.mark.timeout(30)
@@ -255,3 +255,191 @@ def test_an_unknown_format_names_the_allowed_ones(tmp_path: Path) -> None:
     ):
         visualize(chain_plan(), filename=str(tmp_path / "g"), format="bmpx")
     assert list(tmp_path.iterdir()) == []
+
+
+CROSSNODE_ASCII = """\
+raycg graph 7e11a0c5: 3 actors on 2 nodes, 8 channels, 1 collective, 2 outputs
+actors
+  node 9f1c1111 (driver)
+    Stage(a1a1a1) [GPU 0]
+      1. Stage.embed
+  node 4be02222
+    Stage(b2b2b2) [GPU 0]
+      1. Stage.forward
+      2. allreduce.SUM(Stage.forward)
+    Stage(c3c3c3)
+      1. Stage.forward
+      2. allreduce.SUM(Stage.forward)
+channels
+  input --shm x10--> Stage(a1a1a1).embed
+  input --grpc x10--> Stage(b2b2b2).forward, Stage(c3c3c3).forward
+  Stage(a1a1a1).embed --grpc x10--> Stage(c3c3c3).forward  (tensors -> cpu)
+  Stage(a1a1a1).embed --grpc x10--> Stage(b2b2b2).forward  (nccl -> cuda)
+  Stage(b2b2b2).forward --inproc--> Stage(b2b2b2).allreduce
+  Stage(c3c3c3).forward --inproc--> Stage(c3c3c3).allreduce
+  Stage(b2b2b2).allreduce --grpc x10--> driver[0]
+  Stage(c3c3c3).allreduce --grpc x10--> driver[1]
+collectives
+  coll0: allreduce SUM via cpu communicator, ranks Stage(b2b2b2).allreduce, Stage(c3c3c3).allreduce
+"""
+
+
+def _cluster(dot: str, name: str) -> str:
+    """The text of ``subgraph name { ... }`` in ``dot``, nested clusters included."""
+    start = dot.index(f"subgraph {name} {{")
+    depth, i = 0, start
+    while True:
+        depth += {"{": 1, "}": -1}.get(dot[i], 0)
+        if depth == 0 and dot[i] == "}":
+            return dot[start : i + 1]
+        i += 1
+
+
+def test_crossnode_ascii_groups_actors_by_node_and_lists_the_collective() -> None:
+    assert to_ascii(crossnode_plan()) == CROSSNODE_ASCII
+    assert f"```text\n{CROSSNODE_ASCII}```" in DOCS.read_text(), "docs/observability.md is outdated"
+
+
+def test_crossnode_dot_boxes_each_node_with_its_actors_and_the_driver() -> None:
+    dot = to_dot(crossnode_plan())
+    driver_node, other = _cluster(dot, "cluster_node_0"), _cluster(dot, "cluster_node_1")
+    assert 'label="node 9f1c1111 (driver)"' in driver_node and 'label="node 4be02222"' in other
+    assert "input [" in driver_node and "output [" in driver_node and "input [" not in other
+    assert "subgraph cluster_0 " in driver_node and 'label="Stage(a1a1a1)\\nGPU 0"' in driver_node
+    assert "subgraph cluster_1 " in other and "subgraph cluster_2 " in other and "cluster_0 " not in other
+    assert 'label="Stage(c3c3c3)"' in other  # no GPU, no GPU line
+    assert len(re.findall(r"^\s*(input|output) \[", dot, re.MULTILINE)) == 2  # drawn once each
+
+
+def test_crossnode_dot_names_each_edges_transport_and_tensors() -> None:
+    plan = crossnode_plan()
+    dot = to_dot(plan)
+    edges = _edges(dot)
+    assert ("input", "a0_t1", "shm x10 1MB") in edges
+    assert ("input", "a1_t1", "grpc x10 1MB") in edges and ("input", "a2_t1", "grpc x10 1MB") in edges
+    assert ("a0_t1", "a1_t1", "grpc x10 1MB\\nnccl -> cuda") in edges
+    assert ("a0_t1", "a2_t1", "grpc x10 1MB\\ntensors -> cpu") in edges
+    assert ("a1_t2", "output", "grpc x10 1MB\\n[0]") in edges
+    (nccl,) = [line for line in dot.splitlines() if "nccl -> cuda" in line]
+    assert "#7b3fa0" in nccl  # drawn as the communicator's, not as the channel's
+    detailed = _edges(to_dot(plan, channel_details=True))
+    assert ("a0_t1", "a1_t1", "grpc x10 1MB\\nnccl -> cuda\\nch3, 1 reader") in detailed
+    assert ("a2_t2", "output", "grpc x10 1MB\\nch7, 1 reader\\n[1]") in detailed
+
+
+def test_crossnode_dot_joins_a_collectives_members_to_one_node() -> None:
+    dot = to_dot(crossnode_plan())
+    (coll,) = [line for line in dot.splitlines() if line.strip().startswith("coll_0 [")]
+    assert 'label="coll0: allreduce SUM\\nvia cpu communicator"' in coll and "hexagon" in coll
+    joins = [e for e in _edges(dot) if e[1] == "coll_0"]
+    assert joins == [("a1_t2", "coll_0", "rank 0"), ("a2_t2", "coll_0", "rank 1")]
+    assert all("dir=none" in line for line in dot.splitlines() if "-> coll_0" in line)
+
+
+@pytest.mark.parametrize(
+    ("kind", "reduce_op", "src_rank", "transport", "title"),
+    [
+        (CollectiveKind.ALLREDUCE, "MAX", 0, "nccl", "coll0: allreduce MAX, via nccl"),
+        (CollectiveKind.ALLGATHER, "", 0, "communicator", "coll0: allgather, via user's communicator"),
+        (CollectiveKind.REDUCESCATTER, "AVG", 0, "cpu", "coll0: reducescatter AVG, via cpu communicator"),
+        (CollectiveKind.BROADCAST, "", 1, "cpu", "coll0: broadcast from rank 1, via cpu communicator"),
+    ],
+)
+def test_a_collective_says_its_op_and_communicator(
+    kind: int, reduce_op: str, src_rank: int, transport: str, title: str
+) -> None:
+    plan = crossnode_plan()
+    for actor in plan.actors[1:]:
+        coll = actor.tasks[1].collective
+        coll.kind, coll.reduce_op, coll.src_rank, coll.transport = kind, reduce_op, src_rank, transport
+    head, via = title.split(", ")
+    assert f'label="{head}\\n{via}"' in to_dot(plan)
+    name = CollectiveKind.Name(kind).lower()
+    line = f"  {head} {via}, ranks Stage(b2b2b2).{name}, Stage(c3c3c3).{name}"
+    assert line in to_ascii(plan).splitlines()
+
+
+def _hinted_chain(transport: int, device: int = Device.DEVICE_DEFAULT, **promises: bool) -> Plan:
+    plan = chain_plan()
+    plan.channels[1].tensor.CopyFrom(TensorHint(transport=transport, device=device, **promises))
+    plan.channels[2].tensor.CopyFrom(TensorHint(transport=TensorTransport.TENSOR_SHM, device=device))
+    return plan
+
+
+@pytest.mark.parametrize(
+    ("transport", "device", "b_gpus", "words"),
+    [
+        (TensorTransport.TENSOR_SHM, Device.DEVICE_CPU, ["0"], "tensors -> cpu"),
+        (TensorTransport.TENSOR_SHM, Device.DEVICE_GPU, [], "tensors -> cuda"),
+        (TensorTransport.TENSOR_SHM, Device.DEVICE_DEFAULT, [], "tensors -> cpu"),
+        (TensorTransport.TENSOR_SHM, Device.DEVICE_DEFAULT, ["1"], "tensors -> cuda"),
+        (TensorTransport.TENSOR_ACCELERATOR, Device.DEVICE_DEFAULT, ["1"], "nccl -> cuda"),
+        (TensorTransport.TENSOR_COMMUNICATOR, Device.DEVICE_CPU, [], "communicator -> cpu"),
+        (TensorTransport.TENSOR_TRANSPORT_UNSPECIFIED, Device.DEVICE_CPU, [], "tensors -> cpu"),
+    ],
+)
+def test_a_tensor_edge_says_where_its_tensors_go(
+    transport: int, device: int, b_gpus: list[str], words: str
+) -> None:
+    plan = _hinted_chain(transport, device)
+    plan.actors[1].gpu_ids.extend(b_gpus)
+    assert ("a0_t1", "a1_t1", f"shm x10 1MB\\n{words}") in _edges(to_dot(plan))
+    assert f"  A.echo --shm x10--> B.echo  ({words})" in to_ascii(plan).splitlines()
+
+
+def test_a_tensor_edge_names_its_promises_and_the_driver_gets_cpu_tensors() -> None:
+    plan = _hinted_chain(TensorTransport.TENSOR_SHM, static_shape=True, direct_return=True)
+    edges = _edges(to_dot(plan))
+    assert ("a0_t1", "a1_t1", "shm x10 1MB\\ntensors -> cpu, static shape, direct return") in edges
+    assert ("a1_t1", "output", "shm x10 1MB\\ntensors -> cpu\\n[0]") in edges  # default: the driver's CPU
+
+
+def test_an_inproc_tensor_edge_names_only_its_promises() -> None:
+    plan = diamond_plan()
+    plan.channels[2].tensor.CopyFrom(TensorHint(transport=TensorTransport.TENSOR_SHM, static_shape=True))
+    assert ("a0_t1", "a0_t2", "inproc\\nstatic shape") in _edges(to_dot(plan))
+    assert "  Worker(3f9a1c).echo --inproc--> Worker(3f9a1c).double  (static shape)" in to_ascii(plan)
+
+
+def test_readers_on_different_devices_are_named_each() -> None:
+    plan = multi_output_plan()  # "in" is read by A and B
+    plan.channels[0].tensor.CopyFrom(TensorHint(transport=TensorTransport.TENSOR_SHM))
+    plan.actors[1].gpu_ids.append("0")
+    line = "  input --shm x4--> A.split, B.echo  (A.split: tensors -> cpu; B.echo: tensors -> cuda)"
+    assert line in to_ascii(plan).splitlines()
+
+
+def test_one_node_draws_no_node_boxes() -> None:
+    plan = chain_plan()
+    plan.driver_node_id = "ab" * 28
+    for actor in plan.actors:
+        actor.node_id = plan.driver_node_id
+    assert "cluster_node" not in to_dot(plan)
+    assert to_ascii(plan) == to_ascii(chain_plan())
+
+
+def test_an_unrecorded_driver_node_stays_outside_the_node_boxes() -> None:
+    plan = chain_plan()
+    plan.actors[0].node_id, plan.actors[1].node_id = "ab" * 28, ""
+    dot = to_dot(plan)
+    assert 'label="node abababab"' in _cluster(dot, "cluster_node_0")
+    assert 'label="node unknown"' in _cluster(dot, "cluster_node_1")
+    assert "input [" not in _cluster(dot, "cluster_node_0") + _cluster(dot, "cluster_node_1")
+    assert "(driver)" not in dot and "  node unknown" in to_ascii(plan).splitlines()
+
+
+def test_node_ids_sharing_a_prefix_are_told_apart() -> None:
+    plan = chain_plan()
+    plan.driver_node_id = plan.actors[0].node_id = "abcdef01" + "0" * 48
+    plan.actors[1].node_id = "abcdef01" + "1" * 48
+    lines = to_ascii(plan).splitlines()
+    assert "  node abcdef010000 (driver)" in lines and "  node abcdef011111" in lines
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="needs Graphviz's dot binary")
+@pytest.mark.parametrize("details", [False, True])
+def test_a_crossnode_plan_renders(details: bool, tmp_path: Path) -> None:
+    source = visualize(crossnode_plan(), filename=tmp_path / "g", format="png", channel_details=details)
+    assert source == to_dot(crossnode_plan(), channel_details=details)
+    assert (tmp_path / "g.png").read_bytes().startswith(b"\x89PNG")
+    assert visualize(crossnode_plan(), format="ascii") == CROSSNODE_ASCII

@@ -3,7 +3,10 @@
 Pure functions of a ``raycg.proto.Plan``: no Ray, no actors, and no Graphviz except to
 render an image. Both drawings come from one list of edges: a channel goes from the task
 that writes it (or the driver's input) to every task that reads it (a reading actor's
-tasks that list it in ``TaskPlan.inputs``) and to the driver's outputs that read it.
+tasks that list it in ``TaskPlan.inputs``) and to the driver's outputs that read it. Each
+edge says its transport and, where the value carries tensors, what they do
+(``_describe``); a plan on several Ray nodes groups its actors by node; a collective is
+one more node, joined to its members' tasks.
 """
 
 from __future__ import annotations
@@ -16,19 +19,26 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from raycg.proto import ActorPlan, ChannelPlan, Plan, TaskPlan, Transport
+from raycg.proto import ActorPlan, ChannelPlan, CollectiveKind, Plan, TaskPlan, TensorTransport, Transport
+
+from . import _describe
 
 TEXT_FORMATS = ("ascii", "dot")
 # What Graphviz renders that a viewer opens; Ray passes any of graphviz.FORMATS through.
 IMAGE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "gif")
 
-# Edge style per transport: what crosses processes is drawn solid, what stays in one is dashed.
+# Edge style per transport: what crosses processes is drawn solid, what stays in one is
+# dashed, what crosses nodes bold red; tensors a communicator carries are purple.
 _EDGE_STYLE = {
     Transport.SHM: 'color="#1f5fa8", penwidth=1.6',
     Transport.INPROC: 'color="#2e8b57", style=dashed',
     Transport.GRPC: 'color="#b03030", style=bold',
 }
+_COMMUNICATOR_COLOR = "#7b3fa0"
+_COMMUNICATOR_STYLE = f'color="{_COMMUNICATOR_COLOR}", penwidth=1.6'
 _DRIVER_STYLE = 'shape=oval, style=filled, fillcolor="#fff4c2"'
+_NODE_STYLE = 'style="dashed,rounded"; color="#707070"; fontcolor="#404040"'
+_COLLECTIVE_STYLE = f'shape=hexagon, style=filled, fillcolor="#f1e6f8", color="{_COMMUNICATOR_COLOR}"'
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class _End:
     node_id: str
     name: str
     output_index: int | None = None
+    has_gpu: bool = False  # where tensors land for device="default" (the driver: no GPU)
 
 
 @dataclass(frozen=True)
@@ -49,15 +60,27 @@ class _Task:
     end: _End
 
 
+@dataclass(frozen=True)
+class _Node:
+    """A Ray node of a plan that spans several: its actors, and whether the driver is there."""
+
+    node_id: str
+    title: str  # "node 1a2b3c4d (driver)"
+    actors: list[int]  # indices into plan.actors
+    has_driver: bool
+
+
 _INPUT = _End("input", "input")
 
 
 def to_dot(plan: Plan, channel_details: bool = False) -> str:
     """Graphviz DOT source of ``plan``: one cluster per actor, one edge per (channel, reader).
 
-    Each edge is labelled with its transport (and ring size); ``channel_details`` adds a
-    line with the channel's id, what flows in it and how many read it. Needs neither the
-    ``graphviz`` package nor the ``dot`` binary.
+    Each edge is labelled with its transport (and ring size) and, for a tensor hint, where
+    the tensors go; ``channel_details`` adds a line with the channel's id, what flows in it
+    and how many read it. A plan on several nodes puts each node's actors in a dashed box
+    (the driver's says so); each collective is a hexagon joined to its members' tasks.
+    Needs neither the ``graphviz`` package nor the ``dot`` binary.
     """
     tasks = _tasks(plan)
     outputs = "driver outputs" if plan.multi_output else "driver output"
@@ -66,41 +89,82 @@ def to_dot(plan: Plan, channel_details: bool = False) -> str:
         f"  graph [rankdir=LR, fontname=Helvetica, label={_q('raycg graph ' + plan.graph_id[:8])}]",
         "  node [shape=box, style=rounded, fontname=Helvetica]",
         "  edge [fontname=Helvetica, fontsize=10]",
-        f"  input [label={_q('driver input')}, {_DRIVER_STYLE}]",
-        f"  output [label={_q(outputs)}, {_DRIVER_STYLE}]",
     ]
-    for i, actor in enumerate(plan.actors):
-        lines += _dot_cluster(i, actor, [t for t in tasks if t.actor_index == i])
+    driver = [
+        f"input [label={_q('driver input')}, {_DRIVER_STYLE}]",
+        f"output [label={_q(outputs)}, {_DRIVER_STYLE}]",
+    ]
+    nodes = _nodes(plan)
+    if not any(n.has_driver for n in nodes):
+        lines += [f"  {line}" for line in driver]
+    if not nodes:
+        for i, actor in enumerate(plan.actors):
+            lines += _dot_cluster(i, actor, [t for t in tasks if t.actor_index == i], "  ")
+    for j, node in enumerate(nodes):
+        lines += [f"  subgraph cluster_node_{j} {{", f"    label={_q(node.title)}", f"    {_NODE_STYLE}"]
+        lines += [f"    {line}" for line in driver] if node.has_driver else []
+        for i in node.actors:
+            lines += _dot_cluster(i, plan.actors[i], [t for t in tasks if t.actor_index == i], "    ")
+        lines.append("  }")
+    collectives = _collectives(tasks)
+    for k, (cid, members) in enumerate(collectives.items()):
+        coll = members[0].plan.collective
+        title = _q(f"{cid}: {_describe.collective_op(coll)}", f"via {_describe.communicator(coll)}")
+        lines.append(f"  coll_{k} [label={title}, {_COLLECTIVE_STYLE}]")
     for channel in plan.channels:
-        style = _EDGE_STYLE.get(channel.transport, "style=dotted")
+        style = _edge_style(channel)
         for src in _writers(channel, tasks):
             for dst in _readers(plan, channel, tasks):
                 parts = _edge_label(channel, dst, with_size=True)
                 if channel_details:
-                    parts.insert(1, _channel_detail(channel))
+                    parts.insert(len(parts) - (dst.output_index is not None), _channel_detail(channel))
                 label = _q(*parts)
                 lines.append(f"  {src.node_id} -> {dst.node_id} [label={label}, {style}]")
+    for k, members in enumerate(collectives.values()):
+        for t in members:
+            rank = _q(f"rank {t.plan.collective.rank}")
+            lines.append(f"  {t.end.node_id} -> coll_{k} [label={rank}, dir=none, {_COMMUNICATOR_STYLE}]")
     return "\n".join([*lines, "}", ""])
 
 
 def to_ascii(plan: Plan) -> str:
-    """A text drawing of ``plan`` for a terminal: each actor's schedule, then one line per channel.
+    """A text drawing of ``plan`` for a terminal: each actor's schedule (by node, where the
+    plan spans several), one line per channel, then one per collective.
 
     A channel line reads ``writer --transport--> reader, reader``, e.g.
-    ``input --shm x10--> A.echo`` or ``B.echo --shm x10--> driver[0]``.
+    ``input --shm x10--> A.echo`` or ``B.echo --grpc x10--> driver[0]``, followed by what
+    its tensors do where it has a tensor hint: ``  (nccl -> cuda, static shape)``.
     """
     tasks = _tasks(plan)
-    sizes = [_count(len(plan.actors), "actor"), _count(len(plan.channels), "channel")]
+    nodes = _nodes(plan)
+    collectives = _collectives(tasks)
+    actors = _count(len(plan.actors), "actor") + (f" on {len(nodes)} nodes" if nodes else "")
+    sizes = [actors, _count(len(plan.channels), "channel")]
+    sizes += [_count(len(collectives), "collective")] if collectives else []
     sizes.append(_count(len(plan.outputs), "output"))
     lines = [f"raycg graph {plan.graph_id[:8]}: {', '.join(sizes)}", "actors"]
-    for i, actor in enumerate(plan.actors):
-        lines.append(f"  {actor.actor_label or actor.actor_id}")
-        lines += [f"    {_task_title(t)}" for t in tasks if t.actor_index == i]
+    groups = [("", list(range(len(plan.actors))))] if not nodes else [(n.title, n.actors) for n in nodes]
+    indent = "  " if nodes else ""
+    for title, indices in groups:
+        lines += [f"  {title}"] if title else []
+        for i in indices:
+            lines.append(f"{indent}  {_actor_title(plan.actors[i])}")
+            lines += [f"{indent}    {_task_title(t)}" for t in tasks if t.actor_index == i]
     lines.append("channels")
     for channel in plan.channels:
-        readers = ", ".join(e.name for e in _readers(plan, channel, tasks)) or "?"
+        ends = _readers(plan, channel, tasks)
+        readers = ", ".join(e.name for e in ends) or "?"
+        label, tensors = _edge_label(channel, None, with_size=False)[0], _ascii_tensors(channel, ends)
         for src in _writers(channel, tasks) or [_End("?", "?")]:
-            lines.append(f"  {src.name} --{_edge_label(channel, None, with_size=False)[0]}--> {readers}")
+            lines.append(f"  {src.name} --{label}--> {readers}{tensors}")
+    if collectives:
+        lines.append("collectives")
+    for cid, members in collectives.items():
+        coll = members[0].plan.collective
+        ranks = ", ".join(t.end.name for t in members)
+        lines.append(
+            f"  {cid}: {_describe.collective_op(coll)} via {_describe.communicator(coll)}, ranks {ranks}"
+        )
     return "\n".join([*lines, ""])
 
 
@@ -173,7 +237,7 @@ def _render(source: str, format: str, path: str) -> None:
 def _tasks(plan: Plan) -> list[_Task]:
     """Every task with its DOT node and a name unique in the plan ("A.echo", or "A.echo#2")."""
     tasks = [
-        _Task(i, actor, pos, task, _End(f"a{i}_t{pos}", _task_name(actor, task)))
+        _Task(i, actor, pos, task, _End(f"a{i}_t{pos}", _task_name(actor, task), has_gpu=bool(actor.gpu_ids)))
         for i, actor in enumerate(plan.actors)
         for pos, task in enumerate(actor.tasks, start=1)
     ]
@@ -185,7 +249,12 @@ def _tasks(plan: Plan) -> list[_Task]:
 
 
 def _task_name(actor: ActorPlan, task: TaskPlan) -> str:
-    return f"{actor.actor_label or actor.actor_id}.{task.method or task.display_name}"
+    """``A.echo``; a collective's part is named by its kind: ``A.allreduce``."""
+    if task.HasField("collective") and not task.method and task.collective.kind:
+        method = CollectiveKind.Name(task.collective.kind).lower()
+    else:
+        method = task.method or task.display_name
+    return f"{actor.actor_label or actor.actor_id}.{method}"
 
 
 def _task_title(task: _Task) -> str:
@@ -193,17 +262,66 @@ def _task_title(task: _Task) -> str:
     return f"{task.position}. {task.plan.display_name or task.plan.method}{returns}"
 
 
-def _dot_cluster(index: int, actor: ActorPlan, tasks: list[_Task]) -> list[str]:
+def _actor_title(actor: ActorPlan) -> str:
+    """``Echo(c398ee)``, with the GPUs Ray gave it: ``Echo(c398ee) [GPU 0]``."""
+    gpus = _gpus(actor)
+    return f"{actor.actor_label or actor.actor_id}" + (f" [{gpus}]" if gpus else "")
+
+
+def _gpus(actor: ActorPlan) -> str:
+    """``"GPU 0"``, ``"GPUs 0, 1"``, or ``""`` for an actor without one."""
+    if not actor.gpu_ids:
+        return ""
+    return f"{'GPU' if len(actor.gpu_ids) == 1 else 'GPUs'} {', '.join(actor.gpu_ids)}"
+
+
+def _nodes(plan: Plan) -> list[_Node]:
+    """The plan's Ray nodes, the driver's first, or ``[]`` when it runs on one node.
+
+    An actor whose node is not recorded is on "node unknown"; a driver whose node is not
+    recorded is drawn outside every node's box.
+    """
+    driver = [plan.driver_node_id] if plan.driver_node_id else []
+    order = list(dict.fromkeys(driver + [a.node_id for a in plan.actors]))
+    if len(order) < 2:
+        return []
+    names = _short_ids([n for n in order if n])
+    nodes = []
+    for node_id in order:
+        title = f"node {names[node_id]}" if node_id else "node unknown"
+        has_driver = bool(node_id) and node_id == plan.driver_node_id
+        actors = [i for i, a in enumerate(plan.actors) if a.node_id == node_id]
+        nodes.append(_Node(node_id, title + (" (driver)" if has_driver else ""), actors, has_driver))
+    return nodes
+
+
+def _short_ids(ids: list[str], length: int = 8) -> dict[str, str]:
+    """Each id's shortest prefix of at least ``length`` characters that no other id shares."""
+    while len({i[:length] for i in ids}) < len(set(ids)):
+        length += 4
+    return {i: i[:length] for i in ids}
+
+
+def _collectives(tasks: list[_Task]) -> dict[str, list[_Task]]:
+    """Each collective's members' tasks, in rank order, by collective id (first seen first)."""
+    found: dict[str, list[_Task]] = {}
+    for t in tasks:
+        if t.plan.HasField("collective"):
+            found.setdefault(t.plan.collective.collective_id, []).append(t)
+    return {cid: sorted(members, key=lambda t: t.plan.collective.rank) for cid, members in found.items()}
+
+
+def _dot_cluster(index: int, actor: ActorPlan, tasks: list[_Task], indent: str) -> list[str]:
     head = [
-        f"  subgraph cluster_{index} {{",
-        f"    label={_q(actor.actor_label or actor.actor_id)}",
-        '    style="rounded,filled"; fillcolor="#eef3f8"; color="#8aa4c0"',
+        f"{indent}subgraph cluster_{index} {{",
+        f"{indent}  label={_q(actor.actor_label or actor.actor_id, *filter(None, [_gpus(actor)]))}",
+        f'{indent}  style="rounded,filled"; fillcolor="#eef3f8"; color="#8aa4c0"',
     ]
     body = [
-        f'    {t.end.node_id} [label={_q(_task_title(t))}, style="rounded,filled", fillcolor=white]'
+        f'{indent}  {t.end.node_id} [label={_q(_task_title(t))}, style="rounded,filled", fillcolor=white]'
         for t in tasks
     ]
-    return [*head, *body, "  }"]
+    return [*head, *body, f"{indent}}}"]
 
 
 def _writers(channel: ChannelPlan, tasks: list[_Task]) -> list[_End]:
@@ -234,13 +352,37 @@ def _readers(plan: Plan, channel: ChannelPlan, tasks: list[_Task]) -> list[_End]
     return ends
 
 
+def _edge_style(channel: ChannelPlan) -> str:
+    carried = (TensorTransport.TENSOR_ACCELERATOR, TensorTransport.TENSOR_COMMUNICATOR)
+    carried_here = channel.HasField("tensor") and channel.tensor.transport in carried
+    if carried_here and channel.transport != Transport.INPROC:
+        return _COMMUNICATOR_STYLE
+    return _EDGE_STYLE.get(channel.transport, "style=dotted")
+
+
 def _edge_label(channel: ChannelPlan, dst: _End | None, with_size: bool) -> list[str]:
-    """``["shm x10 1MB", "[0]"]``: the transport, its slots (and their size), the output index."""
-    kind = Transport.Name(channel.transport).lower() if channel.transport in _EDGE_STYLE else "unspecified"
-    label = kind
+    """``["shm x10 1MB", "nccl -> cuda", "[0]"]``: the transport, its slots (and their
+    size), what the tensors do on the edge to ``dst`` (if it has a tensor hint and a
+    reader), the output index."""
+    label = _describe.channel_transport(channel)
     if channel.transport != Transport.INPROC:  # in-process hands over the object itself
         label += f" x{channel.num_slots}" + (f" {_size(channel.slot_size_bytes)}" if with_size else "")
-    return [label] if dst is None or dst.output_index is None else [label, f"[{dst.output_index}]"]
+    parts = [label]
+    if dst is not None:
+        parts += [", ".join(words)] if (words := _describe.tensor_words(channel, dst.has_gpu)) else []
+        parts += [f"[{dst.output_index}]"] if dst.output_index is not None else []
+    return parts
+
+
+def _ascii_tensors(channel: ChannelPlan, readers: list[_End]) -> str:
+    """``"  (tensors -> cpu)"``; per reader where their devices differ: ``"  (B.echo:
+    tensors -> cuda; driver[0]: tensors -> cpu)"``; ``""`` without a tensor hint."""
+    said = [", ".join(_describe.tensor_words(channel, r.has_gpu)) for r in readers]
+    if not any(said):
+        return ""
+    if len(set(said)) == 1:
+        return f"  ({said[0]})"
+    return "  (" + "; ".join(f"{r.name}: {words}" for r, words in zip(readers, said, strict=True)) + ")"
 
 
 def _channel_detail(channel: ChannelPlan) -> str:
