@@ -88,3 +88,15 @@ def test_a_gpu_device_puts_the_tensors_on_the_readers_gpu(ray_local: None) -> No
         graph.teardown()
         ray.kill(src)
         ray.kill(dst)
+
+
+def test_the_pipeline_parallel_example_matches_the_whole_model(ray_local: None) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "pipeline_parallel.py"
+    spec = importlib.util.spec_from_file_location("pipeline_parallel", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.main(n_stages=3, micro_batches=4) == 0.0
