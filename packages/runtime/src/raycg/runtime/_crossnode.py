@@ -166,7 +166,8 @@ def _host_all(
 
 def _host_here(graph_id: str, items: list[tuple[ChannelPlan, list[Participant]]], res: Any) -> RingHostReply:
     """The caller's rings: in ``res.rings``, so that teardown closes them with the others."""
-    server = _hosting.node_server()
+    server = _hosting.acquire_server()
+    res.endpoints.append(_ServerUse())  # released at teardown: the last graph stops it
     reply = RingHostReply(address=server.address)
     for ch, readers in items:
         ring = _hosting.make_ring(ch, len(readers))
@@ -194,6 +195,11 @@ class _Registration:
 
     def close(self) -> None:
         self._server.remove_ring(self._sid)
+
+
+class _ServerUse:
+    def close(self) -> None:
+        _hosting.release_server()
 
 
 class FanOut(Channel):

@@ -4,8 +4,9 @@ the node: a reader actor there, or the caller (actor side; the caller uses it to
 A GRPC channel's writer sends each value once per reader node; on that node it lands in a
 shared-memory ring that its readers open as any ring. The ring is made by a process of
 that node (memfds are reached through /proc/<pid>/fd, on the node only), which also runs
-the node's gRPC server: one per process, made on first use, listening on the node's own
-address as Ray reports it, on a free port, for the process's life. ``RAYCG_GRPC_HOST``
+the node's gRPC server: one per process, listening on the node's own address as Ray
+reports it, on a free port, while the process hosts rings for some graph (started by the
+first, stopped after the last one's teardown: nothing outlives the graphs). ``RAYCG_GRPC_HOST``
 overrides the address (tests run every node of a cluster on one machine, on loopback).
 """
 
@@ -19,6 +20,7 @@ from raycg.transports import GrpcServer, ShmRing
 
 LISTEN_HOST_ENV = "RAYCG_GRPC_HOST"
 _server: GrpcServer | None = None
+_users = 0  # graphs this process hosts rings for: the server runs while there are some
 _lock = threading.Lock()
 # graph id -> the rings this process hosts for it, until its teardown.
 _hosted: dict[str, list[tuple[str, ShmRing]]] = {}
@@ -29,16 +31,29 @@ def stream_id(graph_id: str, channel_id: str) -> str:
     return f"{graph_id}/{channel_id}"
 
 
-def node_server() -> GrpcServer:
-    """This process's gRPC server, started on first use on the node's address."""
-    global _server
+def acquire_server() -> GrpcServer:
+    """This process's gRPC server for one more graph (started by the first)."""
+    global _server, _users
     with _lock:
         if _server is None:
             import ray
 
             host = os.environ.get(LISTEN_HOST_ENV) or ray.util.get_node_ip_address()
             _server = GrpcServer(f"{host}:0")
+        _users += 1
         return _server
+
+
+def release_server() -> None:
+    """One graph less; the last one stops the server (its streams ended with their rings)."""
+    global _server, _users
+    with _lock:
+        _users -= 1
+        server = _server if _users == 0 else None
+        if server is not None:
+            _server = None
+    if server is not None:
+        server.stop(grace_s=0.5)
 
 
 def make_ring(ch: ChannelPlan, nreaders: int) -> ShmRing:
@@ -52,8 +67,8 @@ def host_rings(instance: object, request_bytes: bytes) -> bytes:
     req = RingHostRequest.FromString(request_bytes)
     reply = RingHostReply()
     made: list[tuple[str, ShmRing]] = []
+    server = acquire_server()
     try:
-        server = node_server()
         for ch, nreaders in zip(req.channels, req.num_readers):
             ring = ShmRing(
                 ch.num_slots, nreaders, ch.slot_size_bytes or 1 << 20, name=ch.label or ch.channel_id
@@ -73,12 +88,16 @@ def host_rings(instance: object, request_bytes: bytes) -> bytes:
             )
         reply.address = server.address
     except Exception as e:
-        _close(made)
+        _close(server, made)
+        release_server()
         del reply.rings[:]
         reply.error = f"{type(e).__name__}: {e}"
         return reply.SerializeToString()
     with _lock:
+        first = req.graph_id not in _hosted
         _hosted.setdefault(req.graph_id, []).extend(made)
+    if not first:
+        release_server()  # one use per graph
     return reply.SerializeToString()
 
 
@@ -86,12 +105,16 @@ def release(graph_id: str) -> None:
     """Close the rings this process hosts for ``graph_id`` (teardown): their readers and
     the writers feeding them end with ChannelClosed."""
     with _lock:
-        rings = _hosted.pop(graph_id, [])
-    _close(rings)
+        rings = _hosted.pop(graph_id, None)
+        server = _server
+    if rings is None:
+        return
+    if server is not None:
+        _close(server, rings)
+    release_server()
 
 
-def _close(rings: list[tuple[str, ShmRing]]) -> None:
+def _close(server: GrpcServer, rings: list[tuple[str, ShmRing]]) -> None:
     for sid, ring in rings:
-        if _server is not None:
-            _server.remove_ring(sid)
+        server.remove_ring(sid)
         ring.close()

@@ -100,7 +100,10 @@ class RingFeed:
         _close_shared(self.writer._ctrl.seg, _BROKEN if broken else _CLOSED_BY_ENDPOINT)
 
     def close(self) -> None:
-        self.writer.close()
+        """Close the write end and drop it: its mapping goes now, not whenever the
+        collector frees the gRPC call state that may still reach this object."""
+        writer, self.writer = self.writer, None  # type: ignore[assignment]
+        writer.close()
 
 
 class Receiver:
