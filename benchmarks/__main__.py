@@ -28,6 +28,10 @@ BENCHMARKS = {
         "benchmarks.bench_tensor",
         "an 8 MiB CPU torch tensor vs the same bytes as numpy, echoed through the ring",
     ),
+    "tensors": (
+        "benchmarks.bench_tensors",
+        "in compiled graphs: 4-actor allreduce raycg vs Ray CG's CPUCommunicator vs gloo; 8 MiB tensor echo",
+    ),
     "grpc": (
         "benchmarks.bench_grpc",
         "raycg's cross-node gRPC channel vs bare sync and asyncio grpcio streams: round trip, 64 MiB",
