@@ -100,3 +100,17 @@ def test_the_pipeline_parallel_example_matches_the_whole_model(ray_local: None) 
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     assert example.main(n_stages=3, micro_batches=4) == 0.0
+
+
+def test_rays_cpu_communicator_as_an_edges_transport_goes_through_shared_memory(actors: list) -> None:
+    from ray.experimental.channel.cpu_communicator import CPUCommunicator
+
+    a, b = actors[:2]
+    with InputNode() as inp:
+        dag = b.echo.bind(a.echo.bind(inp).with_tensor_transport(transport=CPUCommunicator(2, [a, b])))
+    graph = raycg.compile(dag, get_timeout=60)
+    try:
+        value = {"x": torch.arange(5.0)}
+        assert torch.equal(ray.get(graph.execute(value))["x"], value["x"])
+    finally:
+        graph.teardown()

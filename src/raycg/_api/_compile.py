@@ -29,4 +29,4 @@ def compile(dag: Any, **options: Any) -> CompiledGraph:
     """
     opts = build_options(**options)
     compiled = compile_plan(dag, opts)
-    return CompiledGraph(compiled.plan, compiled.actors)
+    return CompiledGraph(compiled.plan, compiled.actors, compiled.graph)

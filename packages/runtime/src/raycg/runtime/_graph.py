@@ -33,7 +33,7 @@ from raycg.transports import (
     remaining,
 )
 
-from . import _crossnode, _errors, _monitor, _setup, _stats_report, _tensor_edges
+from . import _communicators, _crossnode, _errors, _monitor, _setup, _stats_report, _tensor_edges
 from ._actor import running_graphs, teardown_actor
 from ._inputs import InputSignature
 from ._projection import compile_projections
@@ -88,7 +88,7 @@ def ray_timeout(seconds: float) -> float | None:
 class CompiledGraph:
     """A plan set up on its actors, ready to execute. Built by ``raycg.compile``."""
 
-    def __init__(self, plan: Plan, actors: dict[str, ActorHandle]):
+    def __init__(self, plan: Plan, actors: dict[str, ActorHandle], ir_graph: Any = None):
         self.graph_id = plan.graph_id
         self._name = f"compiled graph {plan.graph_id[:8]}"
         self._plan = plan
@@ -115,6 +115,8 @@ class CompiledGraph:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._results: Results | None = None
         self._res = _setup.Resources()
+        if ir_graph is not None:  # a user's Communicators live in the IR, not the plan
+            self._res.shm_communicators = _communicators.shm_communicator_channels(plan, ir_graph)
         weakref.finalize(self, self._res.close)  # dropped without teardown: stop executors
         try:
             self._setup()

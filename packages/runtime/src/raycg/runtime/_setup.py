@@ -38,6 +38,8 @@ class Resources:
         self.writers: list[Any] = []  # the caller's GRPC writers: closed with the rings
         self.groups: list[Any] = []  # communicator groups (CpuCommGroup), one per collective
         self.comm_specs: dict[str, dict[str, Any]] = {}  # actor id -> {collective id: spec}
+        # Channels whose Communicator is Ray's CPU one: their tensors go through the ring.
+        self.shm_communicators: set[str] = set()
 
     def close_rings(self) -> None:
         # Closing a ring sets its shared closed flag: every executor blocked on it, in
@@ -59,7 +61,7 @@ class Resources:
         self.groups.clear()
 
 
-def refuse_unsupported(plan: Plan) -> None:
+def refuse_unsupported(plan: Plan, through_shm: set[str] | frozenset[str] = frozenset()) -> None:
     """What the compiler plans but this runtime cannot run yet, refused before anything is
     created: the one place such refusals live (create_rings calls it first).
 
@@ -70,6 +72,8 @@ def refuse_unsupported(plan: Plan) -> None:
             set up by _crossnode.)
     """
     for ch in plan.channels:
+        if ch.channel_id in through_shm:
+            continue  # Ray's CPUCommunicator: tensors through shared memory, as in Ray
         if ch.tensor.transport in (TensorTransport.TENSOR_ACCELERATOR, TensorTransport.TENSOR_COMMUNICATOR):
             how = "NCCL" if ch.tensor.transport == TensorTransport.TENSOR_ACCELERATOR else "a Communicator"
             raise NotImplementedError(
@@ -87,7 +91,7 @@ def create_rings(plan: Plan, res: Resources) -> dict[str, list[ShmEndpoint]]:
     Raises:
         NotImplementedError: see refuse_unsupported.
     """
-    refuse_unsupported(plan)
+    refuse_unsupported(plan, res.shm_communicators)
     endpoints: dict[str, list[ShmEndpoint]] = {}
     for ch in plan.channels:
         if ch.transport == Transport.SHM:
