@@ -7,7 +7,8 @@ contracts keep it so):
   ``_setup``, ``_monitor``, ``_stats_report`` and ``_visualize``;
 - the actor side: ``_actor`` (the entry points the caller runs through
   ``__ray_call__``) above ``_executor`` (the loop);
-- shared by both: ``_projection``, ``_errors``, ``_stats`` (the recorders).
+- shared by both: ``_projection``, ``_errors``, ``_stats`` (the recorders), ``_describe``
+  (a Plan's parts in words, for ``_visualize`` and ``_stats_report``).
 
 The caller side imports the actor side's entry points (to name them in ``__ray_call__``),
 never the reverse. Lazy: an actor imports only the actor side and the shared modules
