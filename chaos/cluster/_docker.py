@@ -234,7 +234,10 @@ class Cluster:
             c = self.container(service)
             if c.status != "running":
                 continue
-            out = self.sh(service, script).strip()
+            result = c.exec_run(["timeout", "30", "sh", "-c", script])
+            out = result.output.decode(errors="replace").strip()
+            if result.exit_code != 0:  # the container is going down or restarting: nothing of
+                continue  # ours survives that
             if out:
                 found[service] = re.sub(r"\s+", " ", out)
         return found

@@ -44,6 +44,7 @@ def start(cluster: Cluster, module: str, seed: int, *args: str) -> Driver:
 def reset(cluster: Cluster) -> None:
     """After a failed run: restart the containers it left something in, so that the next
     run starts clean (its own check of that would fail otherwise)."""
+    cluster.heal()
     for service in cluster.leftovers():
         cluster.restart(service)
     cluster.heal()
