@@ -25,8 +25,7 @@ from ._dot import to_dot
 __all__ = ["IMAGE_FORMATS", "TEXT_FORMATS", "to_ascii", "to_dot", "visualize"]
 
 TEXT_FORMATS = ("ascii", "dot")
-
-
+# What Graphviz renders that a viewer opens; Ray passes any of graphviz.FORMATS through.
 IMAGE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "gif")
 
 

@@ -8,25 +8,17 @@ from raycg.proto import ActorPlan, ChannelPlan, Plan, TensorTransport, Transport
 from .. import _describe
 from . import _layout
 
+# Edge style per transport: what crosses processes is drawn solid, what stays in one is
+# dashed, what crosses nodes bold red; tensors a communicator carries are purple.
 _EDGE_STYLE = {
     Transport.SHM: 'color="#1f5fa8", penwidth=1.6',
     Transport.INPROC: 'color="#2e8b57", style=dashed',
     Transport.GRPC: 'color="#b03030", style=bold',
 }
-
-
 _COMMUNICATOR_COLOR = "#7b3fa0"
-
-
 _COMMUNICATOR_STYLE = f'color="{_COMMUNICATOR_COLOR}", penwidth=1.6'
-
-
 _DRIVER_STYLE = 'shape=oval, style=filled, fillcolor="#fff4c2"'
-
-
 _NODE_STYLE = 'style="dashed,rounded"; color="#707070"; fontcolor="#404040"'
-
-
 _COLLECTIVE_STYLE = f'shape=hexagon, style=filled, fillcolor="#f1e6f8", color="{_COMMUNICATOR_COLOR}"'
 
 

@@ -45,7 +45,7 @@ class Node:
     has_driver: bool
 
 
-INPUT = End("input", "input")
+INPUT = End("input", "input")  # the driver, writing the execution's arguments
 
 
 def tasks(plan: Plan) -> list[Task]:
