@@ -183,3 +183,29 @@ def test_a_member_that_never_joins_times_out_and_teardown_returns(ray_local: Non
     finally:
         for h in handles:
             ray.kill(h)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (and cupy-cuda12x)")
+def test_a_nccl_allreduce_among_gpu_actors(ray_local: None) -> None:
+    @ray.remote(num_gpus=1)
+    class OnGpu:
+        def make(self, n: int) -> torch.Tensor:
+            return torch.ones(n, device="cuda")
+
+        def back(self, t: torch.Tensor) -> torch.Tensor:
+            return t.cpu()
+
+    handles = [OnGpu.remote() for _ in range(2)]
+    try:
+        with InputNode() as inp:
+            outs = raycg.collective.allreduce.bind([h.make.bind(inp) for h in handles])
+            dag = MultiOutputNode([h.back.bind(o) for h, o in zip(handles, outs)])
+        graph = raycg.compile(dag, get_timeout=60)
+        try:
+            assert [t.tolist() for t in ray.get(graph.execute(3))] == [[2.0] * 3] * 2
+        finally:
+            graph.teardown()
+    finally:
+        for h in handles:
+            ray.kill(h)

@@ -1,9 +1,11 @@
 """Collectives in a graph: the compiler's ``op="collective"`` tasks, run with raycg's CPU
-communicator.
+communicator, or its NCCL one where every member has a GPU.
 
 Caller side (:func:`make_groups`, at setup): one ``CpuCommGroup`` per collective of the
 plan, owned by the caller like every ring, its picklable spec handed to each member with
-its rank (the plan's order of ``members``). The group is closed (aborted: every member's
+its rank (the plan's order of ``members``). A NCCL collective gets a fresh NCCL unique
+id instead (:class:`NcclSpec`, from the driver, which needs cupy but no GPU); each
+member joins with ``NcclCommunicator``, which warms up at setup. The group is closed (aborted: every member's
 wait ends) at teardown, before the actors are asked to stop, so no executor stays blocked
 in a collective.
 
@@ -19,6 +21,7 @@ other members blocked on a member that has nothing to contribute.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from typing import Any
 
@@ -31,7 +34,9 @@ from raycg.transports import (
     CpuCommGroup,
     CpuCommSpec,
     CpuCommunicator,
+    NcclCommunicator,
     ReduceOp,
+    nccl_unique_id,
 )
 
 from . import _errors
@@ -44,29 +49,56 @@ GROUP_CAPACITY_BYTES = 4 << 20
 TIMEOUT_MARGIN_S = 1.0
 
 
+@dataclasses.dataclass(frozen=True)
+class NcclSpec:
+    """What a member of a NCCL collective needs to join (picklable)."""
+
+    unique_id: tuple[int, ...]
+    world_size: int
+
+
+def _is_nccl(coll: Any, gpus: dict[str, bool]) -> bool:
+    return bool(
+        coll.transport == "nccl" or (coll.transport == "auto" and all(gpus.get(m) for m in coll.members))
+    )
+
+
+def _nccl_missing() -> str:
+    """Why this process cannot make NCCL ids ("" if it can)."""
+    try:
+        import cupy  # noqa: F401
+        from cupy.cuda import nccl  # noqa: F401
+    except ImportError as e:
+        return f"cupy with NCCL is not importable here ({e}); pip install 'raycg[gpu]'"
+    return ""
+
+
 def refuse_unsupported(plan: Plan) -> None:
     """The collectives this runtime cannot run yet.
 
     Raises:
         NotImplementedError: a collective over NCCL (every member has a GPU, or
-            ``transport="nccl"``) or over a user's Communicator instance, or among
-            members on different Ray nodes, naming it and its members.
+            ``transport="nccl"``) where this process has no cupy, or over a user's
+            Communicator instance, or among members on different Ray nodes, naming it
+            and its members.
     """
     labels = {a.actor_id: a.actor_label for a in plan.actors}
     gpus = {a.actor_id: bool(a.gpu_ids) for a in plan.actors}
     nodes = {a.actor_id: a.node_id for a in plan.actors}
     for coll in _collectives(plan).values():
         members = ", ".join(labels.get(m, m) for m in coll.members)
-        nccl = coll.transport == "nccl" or (
-            coll.transport == "auto" and all(gpus.get(m) for m in coll.members)
-        )
-        if nccl or coll.transport == "communicator":
-            how = "NCCL" if nccl else "a user's Communicator instance"
+        if _is_nccl(coll, gpus) and _nccl_missing():
+            raise NotImplementedError(
+                f"{coll.collective_id} (members {members}): a NCCL collective needs NCCL ids from the "
+                f"driver: {_nccl_missing()}; or bind it with transport='cpu'"
+            )
+        if coll.transport == "communicator":
             raise NotImplementedError(
                 f"{coll.collective_id} (members {members}): raycg.runtime runs collectives with its "
-                f"CPU communicator only, not over {how} yet; bind it with transport='cpu'"
+                "CPU or NCCL communicator, not over a user's Communicator instance yet; bind it with "
+                "transport=None"
             )
-        if len({nodes.get(m) for m in coll.members}) > 1:
+        if not _is_nccl(coll, gpus) and len({nodes.get(m) for m in coll.members}) > 1:
             raise NotImplementedError(
                 f"{coll.collective_id} (members {members}): its members run on different Ray nodes, "
                 "and raycg's CPU communicator is shared memory on one node; place them on one node"
@@ -83,11 +115,17 @@ def _collectives(plan: Plan) -> dict[str, Any]:
     }
 
 
-def make_groups(plan: Plan, keep: list[Any]) -> dict[str, dict[str, CpuCommSpec]]:
-    """Create one CPU communicator group per collective (appended to ``keep``, whose
-    owner closes them); return actor id -> {collective id: the group's spec}."""
-    specs: dict[str, dict[str, CpuCommSpec]] = {}
+def make_groups(plan: Plan, keep: list[Any]) -> dict[str, dict[str, CpuCommSpec | NcclSpec]]:
+    """Create one communicator group per collective (a CPU one appended to ``keep``,
+    whose owner closes them); return actor id -> {collective id: the group's spec}."""
+    specs: dict[str, dict[str, CpuCommSpec | NcclSpec]] = {}
+    gpus = {a.actor_id: bool(a.gpu_ids) for a in plan.actors}
     for cid, coll in _collectives(plan).items():
+        if _is_nccl(coll, gpus):
+            nccl = NcclSpec(nccl_unique_id(), len(coll.members))
+            for m in coll.members:
+                specs.setdefault(m, {})[cid] = nccl
+            continue
         group = CpuCommGroup(
             len(coll.members),
             capacity_bytes=GROUP_CAPACITY_BYTES,
@@ -120,7 +158,7 @@ class CollectiveTask:
     def __init__(
         self,
         coll: Any,
-        spec: CpuCommSpec,
+        spec: CpuCommSpec | NcclSpec,
         timeout_s: float | None,
         display: str,
         actor_repr: str,
@@ -132,12 +170,18 @@ class CollectiveTask:
         self.world = len(coll.members)
         self.op = ReduceOp.of(coll.reduce_op or "SUM")
         self.display, self.actor_repr, self.actor_id = display, actor_repr, actor_id
-        self.comm = CpuCommunicator(spec, coll.rank, timeout_s=timeout_s)
         import torch  # a collective's member exchanges tensors
 
         self._torch = torch
-        self._flag = torch.zeros(1, dtype=torch.int64)
-        self._flag_out = torch.zeros(1, dtype=torch.int64)
+        self.comm: CpuCommunicator | NcclCommunicator
+        if isinstance(spec, NcclSpec):  # on this actor's GPU (Ray made it the only one)
+            self.comm = NcclCommunicator(spec.unique_id, spec.world_size, coll.rank, timeout_s=timeout_s)
+            self.device = "cuda"
+        else:
+            self.comm = CpuCommunicator(spec, coll.rank, timeout_s=timeout_s)
+            self.device = "cpu"
+        self._flag = torch.zeros(1, dtype=torch.int64, device=self.device)
+        self._flag_out = torch.zeros(1, dtype=torch.int64, device=self.device)
 
     def __call__(self, value: Any) -> Any:
         err = value if isinstance(value, RayTaskError) else None
@@ -167,13 +211,14 @@ class CollectiveTask:
         """A fresh tensor for this member's result (results travel on: never reused).
 
         Raises:
-            TypeError: the input is not a CPU torch tensor.
+            TypeError: the input is not a torch tensor on this member's device.
             ValueError: a reducescatter input whose first dimension does not split evenly.
         """
         torch = self._torch
-        if not isinstance(value, torch.Tensor) or value.device.type != "cpu":
+        if not isinstance(value, torch.Tensor) or value.device.type != self.device:
             what = f"a tensor on {value.device}" if isinstance(value, torch.Tensor) else type(value).__name__
-            raise TypeError(f"{self.display} takes a CPU torch tensor from each member, got {what}")
+            where = "CPU" if self.device == "cpu" else "CUDA"
+            raise TypeError(f"{self.display} takes a {where} torch tensor from each member, got {what}")
         if self.kind == CollectiveKind.ALLGATHER:
             if value.dim() == 0:
                 raise ValueError(f"{self.display}: allgather of a 0-d tensor (it concatenates along dim 0)")
@@ -195,13 +240,13 @@ class CollectiveTask:
         data = pickle.dumps(err) if self.rank == failed else b""
         self._flag[0] = len(data)
         self._call(self.comm.allreduce, self._flag, self._flag_out, ReduceOp.MAX)
-        buf = torch.zeros(int(self._flag_out[0]), dtype=torch.uint8)
+        buf = torch.zeros(int(self._flag_out[0]), dtype=torch.uint8, device=self.device)
         if self.rank == failed:
             buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
         self._call(self.comm.broadcast, buf, failed)
         if err is not None and self.rank == failed:
             return err
-        got: RayTaskError = pickle.loads(buf.numpy().tobytes())
+        got: RayTaskError = pickle.loads(buf.cpu().numpy().tobytes())
         return got
 
     def _call(self, fn: Any, *args: Any) -> None:
