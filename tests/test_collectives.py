@@ -139,6 +139,7 @@ def test_a_failed_input_fails_every_members_result_of_that_execution_only(member
         graph.teardown()
 
 
+@pytest.mark.usefixtures("no_leaks")  # the group's memfd and mappings too, on both sides
 def test_a_non_tensor_input_fails_the_execution_naming_the_collective(actors: list) -> None:
     a, b = actors[:2]
     with InputNode() as inp:
