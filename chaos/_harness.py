@@ -119,8 +119,9 @@ def expect_error(
     run: Callable[[], Any],
     expected: type[BaseException] | tuple[type[BaseException], ...],
     since: float | list[float],
+    bound_s: float = ERROR_BOUND_S,
 ) -> tuple[BaseException, float]:
-    """Run until ``run`` raises; check the class and that it came within the bound of
+    """Run until ``run`` raises; check the class and that it came within ``bound_s`` of
     the fault's time (``since``, or its first element once a fault thread set it)."""
     give_up = time.monotonic() + 30.0
     try:
@@ -130,7 +131,7 @@ def expect_error(
     except expected as e:
         fault_at = since if isinstance(since, float) else since[0]
         took = time.monotonic() - fault_at
-        assert took <= ERROR_BOUND_S, f"{type(e).__name__} came {took:.2f} s after the fault"
+        assert took <= bound_s, f"{type(e).__name__} came {took:.2f} s after the fault"
         return e, max(took, 0.0)
 
 

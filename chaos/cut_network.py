@@ -1,7 +1,8 @@
 """Cut a gRPC stream between nodes (the stream fault hook, in the remote stage only): the
-caller gets RayChannelError within the bound, the graph is torn down, and the stage takes
-a new graph. (A lost message is noticed by the message after it: test_grpc.py covers it;
-a graph whose last value is lost sees RayChannelTimeoutError instead.)"""
+caller gets RayChannelError within the bound (once it found every actor alive), the graph
+is torn down, and the stage takes a new graph. (A lost message is noticed by the message
+after it: test_grpc.py covers it; a graph whose last value is lost sees
+RayChannelTimeoutError instead.)"""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from ray.dag import InputNode
 from ray.exceptions import RayChannelError
 
 import raycg
+from raycg.runtime._remote_death import PROBE_S
 
 from . import _nodes
-from ._harness import Outcome, expect_error, kill_all, no_leaks
+from ._harness import ERROR_BOUND_S, Outcome, expect_error, kill_all, no_leaks
 
 
 def run(seed: int) -> Outcome:
@@ -32,7 +34,9 @@ def run(seed: int) -> Outcome:
             for i in range(after):
                 assert ray.get(graph.execute(i)) == i + 1
             since = time.monotonic()
-            err, took = expect_error(lambda: ray.get(graph.execute(0)), RayChannelError, since)
+            # Everyone alive: the caller asks Ray who died for its whole bound first.
+            bound = ERROR_BOUND_S + PROBE_S
+            err, took = expect_error(lambda: ray.get(graph.execute(0)), RayChannelError, since, bound)
             graph.teardown()
             # The stage is fine: a new graph on it runs (its faults were spent).
             with InputNode() as inp:

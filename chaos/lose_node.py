@@ -1,6 +1,7 @@
 """Lose a node while a get waits (``Cluster.remove_node``, no grace): the caller gets
-ActorDiedError or RayChannelError (the stream notices first, Ray's actor table later),
-teardown returns with the node gone, and a stage on a surviving node takes a new graph."""
+ActorDiedError naming the lost node's stage (the stream notices first; the caller then
+finds the node's raylet gone, seconds before Ray's actor table says so), teardown returns
+with the node gone, and a stage on a surviving node takes a new graph."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 
 import ray
 from ray.dag import InputNode
-from ray.exceptions import ActorDiedError, RayChannelError
+from ray.exceptions import ActorDiedError
 
 import raycg
 
@@ -17,8 +18,9 @@ from . import _nodes
 from ._harness import Outcome, kill_all
 
 # A removed node's streams fail on the kernel's reset or, without one, on the keepalive
-# (1 s pings, 2 s timeout): the bound for the caller's error.
-NODE_LOSS_BOUND_S = 5.0
+# (1 s pings, 2 s timeout), then the caller asks who died (raycg.runtime._remote_death,
+# at most 3 s): the bound for the caller's error.
+NODE_LOSS_BOUND_S = 8.0
 
 
 def run(seed: int) -> Outcome:
@@ -41,8 +43,9 @@ def run(seed: int) -> Outcome:
         try:
             ray.get(ref)
             raise AssertionError("a get on a lost node's stage returned")
-        except (ActorDiedError, RayChannelError) as e:
+        except ActorDiedError as e:
             err, took = e, time.monotonic() - since
+        assert err.actor_id == doomed[0]._actor_id.hex(), f"{err} names another actor"
         assert took <= NODE_LOSS_BOUND_S, f"{type(err).__name__} came {took:.2f} s after the node loss"
         graph.teardown()  # returns with the node gone
         with InputNode() as inp:

@@ -159,10 +159,14 @@ def test_a_killed_remote_actor_fails_the_pending_get(cluster: Cluster) -> None:
     try:
         ref = g.execute(1)
         ray.kill(a1)
-        with pytest.raises((ActorDiedError, RayChannelError)):
+        with pytest.raises(ActorDiedError) as died:
             ray.get(ref)
-        with pytest.raises((ActorDiedError, RayChannelError)):
+        assert died.value.actor_id == a1._actor_id.hex()  # type: ignore[attr-defined]
+        with pytest.raises(ActorDiedError):  # the next call
             ray.get(g.execute(2))
+        with pytest.raises(RayChannelError) as later:  # and the calls after it
+            g.execute(3)
+        assert isinstance(later.value.__cause__, ActorDiedError)
     finally:
         g.teardown()
         ray.kill(a2)
@@ -179,10 +183,14 @@ def test_a_removed_node_fails_the_waiting_get_and_survivors_are_reusable(
     g = raycg.compile(dag, get_timeout=60)
     try:
         assert ray.get(g.execute(0)) == 0
-        ref = g.execute(1)
+        refs = [g.execute(1), g.execute(2)]
         cluster.remove_node(node, allow_graceful=False)
-        with pytest.raises((ActorDiedError, RayChannelError)):
-            ray.get(ref)
+        for ref in refs:  # every pending get, though Ray marks the node dead only later
+            with pytest.raises(ActorDiedError) as died:
+                ray.get(ref)
+            assert died.value.actor_id == doomed._actor_id.hex()  # type: ignore[attr-defined]
+        with pytest.raises(ActorDiedError):  # the next call
+            g.execute(3)
     finally:
         g.teardown()  # returns, with a node gone
     with InputNode() as inp:

@@ -112,23 +112,6 @@ def local_processes(plan: Plan, processes: dict[str, tuple[int, int]]) -> dict[s
     return {aid: p for aid, p in processes.items() if aid in local}
 
 
-def first_remote_dead(plan: Plan) -> str | None:
-    """An actor on another node that Ray knows is dead, or None. Asked on a fault only
-    (a broken stream), never per execution: one GCS lookup per remote actor."""
-    from ray._private import state  # Ray's actor table: no public API without a dashboard
-
-    for a in plan.actors:
-        if a.node_id == plan.driver_node_id:
-            continue
-        try:
-            info = state.actors(actor_id=a.actor_id)
-        except Exception:  # the GCS unreachable: no answer, the fault stays a channel error
-            return None
-        if info and info.get("State") == "DEAD":
-            return a.actor_id
-    return None
-
-
 def grpc_spec(name: str, ep: GrpcEndpoint) -> GrpcChannelSpec:
     targets = tuple(GrpcTarget(t.address, t.stream_id) for t in ep.targets)
     return GrpcChannelSpec(name, ep.num_slots, targets)

@@ -24,7 +24,6 @@ from ray.exceptions import ActorDiedError, RayChannelError
 from raycg.proto import ActorStatus, Plan, Teardown
 from raycg.transports import (
     Channel,
-    ChannelBroken,
     ChannelError,
     ChannelTimeout,
     SlotPinned,
@@ -38,6 +37,7 @@ from ._actor import running_graphs, teardown_actor
 from ._inputs import InputSignature
 from ._projection import compile_projections
 from ._ref import GraphFuture, GraphRef, install_get_hook
+from ._remote_death import RemoteDeath
 from ._results import Fault, Results
 
 TEARDOWN_TIMEOUT_S = 10.0
@@ -80,6 +80,16 @@ def _describe_failure(label: str, status: ActorStatus) -> str:
     )
 
 
+class _CauseUnknown(RayChannelError):
+    """A fault of a graph with actors on other nodes, before its cause is known: raised
+    out of every lock and token (the submit lock, the results' reader turn), where
+    ``CompiledGraph._resolved`` asks Ray, so that nobody waits on them meanwhile."""
+
+    def __init__(self, error: ChannelError, what: str):
+        super().__init__(f"{what}: {error}")
+        self.error, self.what = error, what
+
+
 def ray_timeout(seconds: float) -> float | None:
     """Ray's spelling (-1 forever, 0 immediate, else seconds) to the transports' one."""
     return None if seconds < 0 else seconds
@@ -112,6 +122,7 @@ class CompiledGraph:
         self._died_at_exec = 0  # executions submitted before the death
         self._died_reported = False
         self._death_lock = threading.Lock()
+        self._remote_death = RemoteDeath.of(plan)  # actors on other nodes: asked on a fault
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._results: Results | None = None
         self._res = _setup.Resources()
@@ -208,9 +219,12 @@ class CompiledGraph:
             self._check_usable()
             raise self._fault(ChannelTimeout("another thread is submitting (it waits for room)"), "execute")
         try:
-            return self._submit_locked(args, kwargs, deadline)
-        finally:
-            self._submit_lock.release()
+            try:
+                return self._submit_locked(args, kwargs, deadline)
+            finally:
+                self._submit_lock.release()
+        except _CauseUnknown as e:
+            raise self._resolved(e) from e.error
 
     def _submit_locked(self, args: tuple, kwargs: dict, deadline: float) -> int:
         self._check_usable()
@@ -255,10 +269,13 @@ class CompiledGraph:
         except ValueError:
             self._check_usable(pending=idx)
             raise
-        except RayChannelError:
+        except RayChannelError as e:
+            err = self._resolved(e)
             if self._died is not None and idx < self._died_at_exec:
                 raise self._death_error() from None
-            raise
+            if err is e:
+                raise
+            raise err from e.error if isinstance(e, _CauseUnknown) else e
 
     def _fetch_many(self, wanted: list[tuple[int, int]], timeout_s: float | None) -> dict[int, Any]:
         """``ray.get`` of several refs: what ``Results.fetch_many`` takes of ``wanted``,
@@ -276,10 +293,13 @@ class CompiledGraph:
         except ValueError:
             self._check_usable(pending=first)
             raise
-        except RayChannelError:
+        except RayChannelError as e:
+            err = self._resolved(e)
             if self._died is not None and first < self._died_at_exec:
                 raise self._death_error() from None
-            raise
+            if err is e:
+                raise
+            raise err from e.error if isinstance(e, _CauseUnknown) else e
 
     async def _fetch_async(self, idx: int, out: int) -> Any:
         loop = asyncio.get_running_loop()
@@ -299,12 +319,13 @@ class CompiledGraph:
 
     # -- failures ---------------------------------------------------------------------
 
-    def _fault(self, e: ChannelError, what: str) -> Exception:
+    def _fault(self, e: ChannelError, what: str, asked: bool = False) -> Exception:
         """The exception for a channel error met while doing ``what``.
 
         A timeout leaves the graph running. Anything else is a fault: if an actor's
         process is gone (the monitor may not have polled yet) it is that actor's death;
-        otherwise a broken channel. Either way the graph is torn down.
+        otherwise a broken channel. Either way the graph is torn down. With actors on
+        other nodes, and unless ``asked`` already, it is first a ``_CauseUnknown``.
         """
         # ``e`` becomes the cause of what the caller sees; its frames (the transports'
         # waits) hold views of the ring's mappings, which must not outlive teardown.
@@ -317,10 +338,10 @@ class CompiledGraph:
             return _errors.torn_down_error(self.graph_id, self._teardown_reason)
         if self._died is None and not self._torn_down:
             dead = _monitor.first_dead(self._processes)
-            if dead is None and isinstance(e, ChannelBroken):  # a stream from another node broke
-                dead = _crossnode.first_remote_dead(self._plan)
             if dead is not None:
                 self._on_actor_died(dead)
+            elif self._remote_death is not None and not asked and not isinstance(e, SlotPinned):
+                return _CauseUnknown(e, what)  # a stream from another node may have broken
         if self._died is not None:
             return self._death_error()
         if isinstance(e, SlotPinned):
@@ -329,6 +350,20 @@ class CompiledGraph:
         # did (a closed ring alone does not say), and the caller's exception says it.
         self.teardown(reason=f"{type(e).__name__}: {e}")
         return RayChannelError(self._failures_said(f"{what} on {self._name}: {e}"))
+
+    def _resolved(self, exc: RayChannelError) -> Exception:
+        """``exc``, or for a ``_CauseUnknown`` what it is: the death of the first remote
+        actor Ray (or its raylet's silence) says is dead, else a broken channel. Called
+        holding no lock; the lookup is bounded by the caller's configured timeout."""
+        if not isinstance(exc, _CauseUnknown):
+            return exc
+        assert self._remote_death is not None
+        opts = self._plan.options
+        configured = ray_timeout(opts.get_timeout_s if exc.what == "get" else opts.submit_timeout_s)
+        found = self._remote_death.first_dead(math.inf if configured is None else configured)
+        if found is not None:
+            self._on_actor_died(found[0], found[1])
+        return self._fault(exc.error, exc.what, asked=True)
 
     def _death_error(self) -> ActorDiedError:
         return ActorDiedError(self._died_context)  # a fresh instance: a clean traceback
@@ -357,7 +392,7 @@ class CompiledGraph:
         """For the monitor thread."""
         return None if self._closing else _monitor.first_dead(self._processes)
 
-    def _on_actor_died(self, actor_id: str) -> None:
+    def _on_actor_died(self, actor_id: str, why: str | None = None) -> None:
         """An actor's process is gone: fail pending and next calls with ActorDiedError,
         wake every waiter, and tear the graph down (the other actors stay alive)."""
         with self._death_lock:
@@ -365,12 +400,13 @@ class CompiledGraph:
                 return
             label = next((a.actor_label for a in self._plan.actors if a.actor_id == actor_id), actor_id)
             pid = self._processes.get(actor_id, (0, 0))[0]
+            why = why or f"its process {pid} exited"
             self._died_context = ActorDiedErrorContext(
                 actor_id=bytes.fromhex(actor_id),
                 class_name=label.split("(", 1)[0],
                 pid=pid,
                 error_message=(
-                    f"The actor {label} of {self._name} died (its process {pid} exited); "
+                    f"The actor {label} of {self._name} died ({why}); "
                     "the graph was torn down. Its other actors are alive."
                 ),
             )
