@@ -44,7 +44,7 @@ class Member:
         return [float(t.sum()) for t in ts]
 
 
-def test_stats_name_tensor_channels_and_list_collectives(ray_local: None) -> None:
+def test_stats_and_visualize_name_tensor_channels_and_collectives(ray_local: None) -> None:
     a, b = Member.remote(), Member.remote()
     ray.get([a.ready.remote(), b.ready.remote()], timeout=300)
     with InputNode() as inp:
@@ -56,6 +56,7 @@ def test_stats_name_tensor_channels_and_list_collectives(ray_local: None) -> Non
         for i in range(5):
             assert ray.get(graph.execute(i)) == [[8.0 * i, 4.0 * i], [8.0 * i]]
         stats = graph.stats()
+        drawing = graph.visualize(format="ascii")  # names them as stats does
     finally:
         graph.teardown()
         for h in (a, b):
@@ -65,3 +66,5 @@ def test_stats_name_tensor_channels_and_list_collectives(ray_local: None) -> Non
     (coll,) = stats["collectives"].values()
     assert (coll["op"], coll["communicator"]) == ("allreduce SUM", "cpu communicator")
     assert [m["count"] for m in coll["members"].values()] == [5, 5], coll
+    assert "coll0: allreduce SUM via cpu communicator, ranks " in drawing, drawing
+    assert any(line.endswith("  (tensors -> cpu)") for line in drawing.splitlines()), drawing
