@@ -36,6 +36,10 @@ BENCHMARKS = {
         "benchmarks.bench_grpc",
         "raycg's cross-node gRPC channel vs bare sync and asyncio grpcio streams: round trip, 64 MiB",
     ),
+    "multinode": (
+        "benchmarks.bench_multinode",
+        "a 2-node Cluster: echo and 64 MiB from the driver's node to another, Ray core vs Ray CG vs raycg",
+    ),
     "stats": (
         "benchmarks.bench_stats",
         "what graph.stats() recording (on by default) costs per execution",
