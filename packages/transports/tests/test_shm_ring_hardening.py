@@ -9,6 +9,7 @@ of its own, and a crash fails the test instead of killing the test run.
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from transports_testing import SPAWN, Peer, big_array, digest
 
-from raycg.transports import ChannelClosed, ShmRing, ShmRingSpec, open_reader
+from raycg.transports import ChannelClosed, ShmRing, ShmRingSpec, _liveness, open_reader, process_start_time
 from raycg.transports._shm_ring import _CUR_GEN, _CUR_SLOT_BYTES, _SPACE_FUTEX, _WRITER_WAITING, _slots_offset
 
 pytestmark = pytest.mark.timeout(60)
@@ -277,3 +278,33 @@ def test_shrink_after_counts_consecutive_values_only() -> None:
         assert reader.read() == 5
         writer.close()
         reader.close()
+
+
+def test_a_close_racing_a_first_sleep_leaves_no_watch_holding_the_mapping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reader going to sleep for the first time starts watching its writer by pidfd
+    while teardown closes the endpoint on another thread: the watch, whose waker holds
+    the control mapping, must not outlive the endpoint (it would for the peer's life)."""
+    peer = subprocess.Popen(["sleep", "60"])
+    try:
+        start = process_start_time(peer.pid)
+        assert start is not None
+        with ShmRing(2, 1, name="watchrace") as ring:
+            reader = open_reader(ring.spec, 0)
+            real_watch = _liveness.watch
+
+            def watch_then_close(pid: int, start_time: int, wake: Any) -> Any:
+                w = real_watch(pid, start_time, wake)
+                reader.close()  # the other thread's close lands right here
+                return w
+
+            monkeypatch.setattr(_liveness, "watch", watch_then_close)
+            reader._watch(peer.pid, start)
+            monkeypatch.undo()
+            with _liveness._lock:
+                held = _liveness._watched.get((peer.pid, start))
+                assert held is None or not held.wakers, "a watch outlived its endpoint"
+    finally:
+        peer.kill()
+        peer.wait()

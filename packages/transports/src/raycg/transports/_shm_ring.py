@@ -361,10 +361,18 @@ class _Endpoint(Channel):
         if pid <= 0 or self._closed_locally:
             return None
         key = (pid, start)
-        if key not in self._watches:
-            wake = functools.partial(_wake_sleepers, self._ctrl.seg.mm, self._ctrl.addr)
-            self._watches[key] = _liveness.watch(pid, start, wake)
-        return self._watches[key]
+        if key in self._watches:
+            return self._watches[key]
+        wake = functools.partial(_wake_sleepers, self._ctrl.seg.mm, self._ctrl.addr)
+        w = self._watches[key] = _liveness.watch(pid, start, wake)
+        # A close() on another thread (teardown, while this one goes to sleep) may have
+        # run its _unwatch between the check above and the insertion: the new watch,
+        # whose waker holds the control mapping, would then outlive the endpoint for as
+        # long as the peer lives. close() sets the flag before it unwatches, so seeing it
+        # clear here means its _unwatch has yet to pop what we inserted.
+        if self._closed_locally:
+            _unwatch(self._watches)
+        return w
 
     def _attached(self) -> None:
         """Called by a subclass once it is open: from now on, dropping the endpoint
