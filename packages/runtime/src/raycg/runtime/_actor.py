@@ -36,7 +36,10 @@ _log = logging.getLogger(__name__)
 
 def _forget(ex: Executor) -> None:
     """An executor's loop ended (on its own thread): drop it, unless already replaced,
-    and keep its status for the teardown call."""
+    keep its status for the teardown call, and free the rings this actor hosts for the
+    graph (a loop ends only when its graph does: teardown, or a fault such as a killed
+    caller, whose teardown call never comes; the node's other readers of those rings
+    end with them, and the gRPC server goes with the last graph)."""
     with _REGISTRY_LOCK:
         if _EXECUTORS.get(ex.graph_id) is not ex:
             return  # a teardown call took it, and reports it itself
@@ -44,6 +47,7 @@ def _forget(ex: Executor) -> None:
         _ENDED[ex.graph_id] = _status(ex)
         while len(_ENDED) > _MAX_ENDED:
             _ENDED.popitem(last=False)
+    _hosting.release(ex.graph_id)  # idempotent: a later teardown call finds nothing
     if ex.error is not None:
         _log.warning(
             "raycg: the executor of graph %s on %s failed: %s", ex.graph_id[:8], ex.actor_repr, ex.error

@@ -6,7 +6,8 @@ shared-memory ring that its readers open as any ring. The ring is made by a proc
 that node (memfds are reached through /proc/<pid>/fd, on the node only), which also runs
 the node's gRPC server: one per process, listening on the node's own address as Ray
 reports it, on a free port, while the process hosts rings for some graph (started by the
-first, stopped after the last one's teardown: nothing outlives the graphs). ``RAYCG_GRPC_HOST``
+first, stopped after the last one's teardown, or after its executor here ended on its own,
+as it does when the caller dies: nothing outlives the graphs). ``RAYCG_GRPC_HOST``
 overrides the address (tests run every node of a cluster on one machine, on loopback).
 """
 

@@ -130,7 +130,10 @@ class GrpcWriter(Channel):
             raise ChannelClosed(f"channel {self.spec.name!r} is closed")
         for stream in self._streams:
             if stream.error is not None:
-                raise stream.error
+                # A fresh exception, not the stored one: raised, the stored one would keep
+                # the raising frames in its traceback, and they reach this writer (a cycle
+                # that holds the caller's channels, and their mappings, until a collection).
+                raise type(stream.error)(*stream.error.args)
 
     def close(self) -> None:
         """Close the channel on every node: wakes a blocked write at once; returns
