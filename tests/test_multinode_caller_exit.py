@@ -46,10 +46,11 @@ CALLER = textwrap.dedent(
 )
 
 
-def _hosted_graphs(_instance: object) -> list[str]:
+def _hosting_left(_instance: object) -> list[str]:
+    """Runs on an actor: the graphs it hosts rings for, and its gRPC server if it runs."""
     from raycg.runtime import _hosting
 
-    return list(_hosting._hosted)
+    return [*_hosting._hosted, *([repr(_hosting._server)] if _hosting._server is not None else [])]
 
 
 def _left(actors: list[Any], before: list[dict[str, list[str]]]) -> list[Any]:
@@ -57,7 +58,7 @@ def _left(actors: list[Any], before: list[dict[str, list[str]]]) -> list[Any]:
     return [
         (
             actor_running_graphs(h),
-            ray.get(h.__ray_call__.remote(_hosted_graphs)),
+            ray.get(h.__ray_call__.remote(_hosting_left)),
             resources_left(b, actor_resources(h)),
         )
         for h, b in zip(actors, before)
