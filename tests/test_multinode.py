@@ -88,6 +88,28 @@ def test_echo_across_nodes(a1: object) -> None:
         g.teardown()
 
 
+def test_a_chain_within_a_remote_node_has_its_ring_made_there(a1: object, cluster: Cluster) -> None:
+    """a1 -> b1, both on n1: an SHM edge, whose ring must be made by a process of n1 (a
+    peer opens a memfd through /proc/<pid>/fd, which on another machine names nothing of
+    the caller's; on this one-machine Cluster it would work by accident, so check who
+    holds it)."""
+    b1 = on("n1")
+    try:
+        with InputNode() as inp:
+            dag = b1.inc.bind(a1.inc.bind(inp))  # type: ignore[attr-defined]
+        g = raycg.compile(dag, get_timeout=60)
+        try:
+            (edge,) = [c for c in g.plan.channels if c.transport == Transport.SHM]
+            assert edge.channel_id not in g._res.rings, "the caller made a remote node's ring"
+            assert g.graph_id in ray.get(a1.__ray_call__.remote(_hosted_graphs))  # type: ignore[attr-defined]
+            assert [ray.get(g.execute(i)) for i in range(10)] == [i + 2 for i in range(10)]
+        finally:
+            g.teardown()
+        assert g.graph_id not in ray.get(a1.__ray_call__.remote(_hosted_graphs))  # type: ignore[attr-defined]
+    finally:
+        ray.kill(b1)
+
+
 def test_a_chain_over_both_nodes_carries_50_mb(a1: object, a2: object) -> None:
     with InputNode() as inp:
         dag = a2.echo.bind(a1.echo.bind(inp))  # type: ignore[attr-defined]

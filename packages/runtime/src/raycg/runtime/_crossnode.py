@@ -68,11 +68,12 @@ def set_up(
         RayChannelError: a host could not make its rings (naming it and why).
     """
     cross = CrossNode()
+    nodes = {a.actor_id: a.node_id for a in plan.actors}
+    labels = {a.actor_id: a.actor_label for a in plan.actors}
+    _host_remote_shm(plan, actors, labels, res, endpoints)
     channels = [c for c in plan.channels if c.transport == Transport.GRPC]
     if not channels:
         return cross
-    nodes = {a.actor_id: a.node_id for a in plan.actors}
-    labels = {a.actor_id: a.actor_label for a in plan.actors}
     hosts: dict[str, list[tuple[ChannelPlan, list[Participant]]]] = {}
     for ch in channels:
         by_node: dict[str, list[Participant]] = {}
@@ -103,6 +104,36 @@ def set_up(
         else:
             cross.grpc.setdefault(ch.writer.actor_id, []).append(ep)
     return cross
+
+
+def _host_remote_shm(
+    plan: Plan,
+    actors: dict[str, ActorHandle],
+    labels: dict[str, str],
+    res: Any,
+    endpoints: dict[str, list[ShmEndpoint]],
+) -> None:
+    """Host each SHM channel of a remote node on its writer actor (as GRPC channels'
+    rings are hosted: ``_hosting``, freed by its teardown or the end of its executor);
+    give the writer and the readers their endpoints."""
+    hosts: dict[str, list[tuple[ChannelPlan, list[Participant]]]] = {}
+    for ch in plan.channels:
+        if _hosting.is_remote_shm(plan, ch):
+            hosts.setdefault(ch.writer.actor_id, []).append((ch, list(ch.readers)))
+    if not hosts:
+        return
+    replies = _host_all(plan.graph_id, hosts, actors, labels, res)
+    for host, items in hosts.items():
+        for (_ch, readers), ring in zip(items, replies[host].rings):
+            mine = ShmEndpoint()
+            mine.CopyFrom(ring)
+            mine.reader_index = -1
+            endpoints.setdefault(host, []).append(mine)
+            for i, r in enumerate(readers):
+                ep = ShmEndpoint()
+                ep.CopyFrom(ring)
+                ep.reader_index = i
+                endpoints.setdefault(r.actor_id, []).append(ep)
 
 
 def local_processes(plan: Plan, processes: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:

@@ -1,5 +1,8 @@
-"""Rings for the GRPC channels read on this node, created and served by one process of
-the node: a reader actor there, or the caller (actor side; the caller uses it too).
+"""Rings made by a process of this node for a graph whose caller runs elsewhere: a GRPC
+channel's ring on each of its reader nodes (made by a reader actor there, or the
+caller: actor side; the caller uses it too), and the ring of an SHM channel among the
+actors of a node that is not the caller's (made by its writer actor; it is served too,
+though no stream comes: one code path).
 
 A GRPC channel's writer sends each value once per reader node; on that node it lands in a
 shared-memory ring that its readers open as any ring. The ring is made by a process of
@@ -16,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 
-from raycg.proto import ChannelPlan, RingHostReply, RingHostRequest, ShmEndpoint
+from raycg.proto import ChannelPlan, Plan, RingHostReply, RingHostRequest, ShmEndpoint, Transport
 from raycg.transports import GrpcServer, ShmRing
 
 LISTEN_HOST_ENV = "RAYCG_GRPC_HOST"
@@ -55,6 +58,15 @@ def release_server() -> None:
             _server = None
     if server is not None:
         server.stop(grace_s=0.5)
+
+
+def is_remote_shm(plan: Plan, ch: ChannelPlan) -> bool:
+    """An SHM channel among actors of a node that is not the caller's: its ring must be
+    made there (memfds are reached through /proc/<pid>/fd, on their own node only)."""
+    if ch.transport != Transport.SHM or ch.writer.WhichOneof("kind") == "driver":
+        return False
+    node = next((a.node_id for a in plan.actors if a.actor_id == ch.writer.actor_id), "")
+    return bool(node) and bool(plan.driver_node_id) and node != plan.driver_node_id
 
 
 def make_ring(ch: ChannelPlan, nreaders: int) -> ShmRing:

@@ -22,7 +22,7 @@ from raycg.proto import (
 )
 from raycg.transports import ShmRing
 
-from . import _collectives
+from . import _collectives, _hosting
 from ._actor import setup_actor
 
 SETUP_TIMEOUT_S = 60.0
@@ -94,7 +94,8 @@ def create_rings(plan: Plan, res: Resources) -> dict[str, list[ShmEndpoint]]:
     refuse_unsupported(plan, res.shm_communicators)
     endpoints: dict[str, list[ShmEndpoint]] = {}
     for ch in plan.channels:
-        if ch.transport == Transport.SHM:
+        # A remote node's SHM channels get their rings there (_crossnode).
+        if ch.transport == Transport.SHM and not _hosting.is_remote_shm(plan, ch):
             ring = ShmRing(ch.num_slots, len(ch.readers), ch.slot_size_bytes, name=ch.label or ch.channel_id)
             res.rings[ch.channel_id] = ring
             _add_endpoints(ch, ring, endpoints)
