@@ -137,6 +137,7 @@ class Executor:
     def _build(self, setup: ActorSetup, instance: object) -> list[_Task]:
         me = setup.actor.actor_id
         plans = {c.channel_id: c for c in setup.channels}
+        _tensor_edges.load_torch(list(plans.values()))
         shm = {e.channel_id: e for e in setup.shm}
         self._grpc = {e.channel_id: e for e in setup.grpc}
         inproc = {

@@ -126,6 +126,25 @@ def broke_a_promise(value: Any) -> bool:
     return isinstance(value, RayTaskError) and isinstance(getattr(value, "cause", None), TensorPromiseBroken)
 
 
+def load_torch(plans: list[ChannelPlan]) -> None:
+    """Import torch now, at setup, if any of this actor's channels carries tensors by
+    its hint: the first execution would otherwise pay the import (seconds on a busy
+    machine) inside its ``get`` timeout, once per actor along the path.
+
+    Raises:
+        RuntimeError: a hinted channel's actor has no torch (refused at setup).
+    """
+    hinted = [p for p in plans if p.HasField("tensor")]
+    if not hinted or _torch() is not None:
+        return
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(
+            f"{hinted[0].label}: its type hint carries torch tensors, and torch is not installed here"
+        ) from e
+
+
 def placement(plan: ChannelPlan, gpu_ids: list[str]) -> Callable[[Any], Any] | None:
     """What a reader applies to each value of ``plan`` to put its tensors on the planned
     device, or None (the CPU: the ring's value as it is).
