@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -14,7 +15,7 @@ from ray.exceptions import ActorDiedError, RayChannelError, RayTaskError
 
 import raycg
 
-from .conftest import Worker
+from .conftest import Worker, wait_process_gone
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(90)]
 
@@ -180,3 +181,99 @@ def test_more_coroutines_than_in_flight_never_stall_the_loop(actors: list, loop_
     assert values == list(range(8))
     # A loop blocked on the lock misses ticks for most of an execution.
     assert ticker.longest_gap_s < method_s / 2, (ticker.longest_gap_s, ticker.ticks)
+
+
+def observe_teardown(monkeypatch: pytest.MonkeyPatch, ticker: Ticker) -> dict[str, Any]:
+    """Make every graph's teardown, when it stops the executors (the blocking Ray
+    calls), note its thread ("thread") and whether ``ticker`` ticked meanwhile
+    ("ticked"): it waits for a tick first, which a blocked loop never gives."""
+    from raycg.runtime import _graph
+
+    seen: dict[str, Any] = {}
+    stop_executors = _graph.CompiledGraph._stop_executors
+
+    def observed_stop(graph: _graph.CompiledGraph) -> None:
+        seen["thread"] = threading.get_ident()
+        ticks = ticker.ticks
+        deadline = time.monotonic() + 10  # a bound, not a measure: the loop ticks or not
+        while ticker.ticks == ticks and time.monotonic() < deadline:
+            time.sleep(0.001)
+        seen["ticked"] = ticker.ticks > ticks
+        stop_executors(graph)
+
+    monkeypatch.setattr(_graph.CompiledGraph, "_stop_executors", observed_stop)
+    return seen
+
+
+def test_a_fault_met_on_the_loop_is_handled_off_it(ray_local: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The caller's monitor, which would see the death first (on its own thread), is off:
+    # the first to meet it is an ``await fut`` on the loop, whose zero-timeout read sees
+    # the dead writer. The teardown that follows asks the surviving actor to stop its
+    # executor (a blocking Ray call): it must run off the loop, which keeps ticking.
+    from raycg.runtime import _monitor
+
+    monkeypatch.setattr(_monitor, "watch", lambda graph: None)
+    ticker = Ticker()
+    seen = observe_teardown(monkeypatch, ticker)
+    a, b = Worker.remote(), Worker.remote()
+    b_pid = ray.get(b.pid.remote())
+    with InputNode() as inp:
+        graph = raycg.compile(
+            b.sleep_then_echo.bind(a.inc.bind(inp), 30), enable_asyncio=True, get_timeout=-1
+        )
+
+    async def one(fut: Any) -> str:
+        try:
+            await fut
+        except Exception as e:
+            return type(e).__name__
+        return "a value"
+
+    async def main() -> tuple[list[str], int]:
+        task = asyncio.create_task(ticker.run())
+        futs = [await graph.execute_async(i) for i in range(8)]
+        ray.kill(b)
+        wait_process_gone(b_pid)
+        outcomes = await asyncio.gather(*(one(f) for f in futs))
+        ticker.stop()
+        await task
+        return outcomes, threading.get_ident()
+
+    try:
+        outcomes, loop_thread = asyncio.run(main())
+        assert outcomes == ["ActorDiedError"] * 8
+        assert seen["thread"] != loop_thread, "the teardown ran on the event loop's thread"
+        assert seen["ticked"], "the loop did not tick while the teardown ran"
+        assert graph.is_teardown
+        assert ray.get(a.inc.remote(1)) == 2  # the survivor serves ordinary calls
+    finally:
+        graph.teardown()
+        ray.kill(a)
+
+
+def test_a_broken_promise_tears_down_off_the_loop(actors: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    ticker = Ticker()
+    seen = observe_teardown(monkeypatch, ticker)
+    a, b = actors[:2]
+    with InputNode() as inp:
+        dag = b.echo.bind(a.echo.bind(inp).with_tensor_transport(_direct_return=True))
+    graph = raycg.compile(dag, enable_asyncio=True, get_timeout=60)
+
+    async def main() -> int:
+        task = asyncio.create_task(ticker.run())
+        try:
+            with pytest.raises(RayTaskError, match="broke its _direct_return promise"):
+                await (await graph.execute_async((torch.ones(3), 1)))
+        finally:
+            ticker.stop()
+            await task
+        return threading.get_ident()
+
+    try:
+        loop_thread = asyncio.run(main())
+        assert graph.is_teardown
+        assert seen["thread"] != loop_thread, "the teardown ran on the event loop's thread"
+        assert seen["ticked"], "the loop did not tick while the teardown ran"
+    finally:
+        graph.teardown()

@@ -14,7 +14,8 @@ import math
 import os
 import threading
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import ray
 from ray.actor import ActorHandle
@@ -32,7 +33,7 @@ from raycg.transports import (
     remaining,
 )
 
-from . import _communicators, _crossnode, _errors, _monitor, _setup, _stats_report, _tensor_edges
+from . import _aio, _communicators, _crossnode, _errors, _monitor, _setup, _stats_report, _tensor_edges
 from ._actor import running_graphs, teardown_actor
 from ._inputs import InputSignature
 from ._projection import compile_projections
@@ -197,15 +198,17 @@ class CompiledGraph:
                 "enable_asyncio=True: compile it with enable_asyncio=True to use execute_async"
             )
         self._inputs.check(args, kwargs)
+        fault = None
         try:
             # Fast path: room right now. Never wait for the lock here: a worker thread
             # may hold it while it waits for the oldest execution to finish.
-            idx = self._submit(args, kwargs, 0.0, lock_timeout_s=0.0)
+            idx = _aio.fast(self._submit, args, kwargs, 0.0, lock_timeout_s=0.0)
         except ray.exceptions.RayChannelTimeoutError:
-            loop = asyncio.get_running_loop()
-            idx = await loop.run_in_executor(
-                self._executor(), self._submit, args, kwargs, self._submit_timeout_s
-            )
+            idx = await self._in_pool(self._submit, args, kwargs, self._submit_timeout_s)
+        except _aio.Deferred as d:
+            fault = d.error, d.what  # handled below, out of this block: no context to carry
+        if fault is not None:
+            await _aio.off_loop(self._submit_failed, *fault)  # raises
         return self._refs(idx, GraphFuture)
 
     def _submit(
@@ -225,6 +228,14 @@ class CompiledGraph:
                 self._submit_lock.release()
         except _CauseUnknown as e:
             raise self._resolved(e) from e.error
+
+    def _submit_failed(self, error: ChannelError, what: str) -> None:
+        """Off the loop: handle a fault that ``execute_async``'s fast path met, and
+        raise what ``_submit`` would have raised for it."""
+        exc = self._fault(error, what)
+        if isinstance(exc, _CauseUnknown):
+            raise self._resolved(exc) from error
+        raise exc from error
 
     def _submit_locked(self, args: tuple, kwargs: dict, deadline: float) -> int:
         self._check_usable()
@@ -247,12 +258,30 @@ class CompiledGraph:
         refs = [cls(self, idx, i, multi) for i in range(len(self._plan.outputs))]
         return refs if multi else refs[0]
 
-    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(
-                4, thread_name_prefix=f"raycg-{self.graph_id[:8]}-async"
-            )
-        return self._pool
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor | None:
+        """The graph's pool, made on first use; None once the graph is closing (under
+        the lock ``_close`` sets that under, so that no pool is made after it ran)."""
+        with self._death_lock:
+            if self._closing:
+                return None
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    4, thread_name_prefix=f"raycg-{self.graph_id[:8]}-async"
+                )
+            return self._pool
+
+    async def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Await ``fn(*args)`` on the graph's pool; on a thread of its own once the pool
+        is shut down (the graph was torn down meanwhile: ``fn`` raises at once)."""
+        pool = self._executor()
+        if pool is not None:
+            try:
+                fut = asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+            except RuntimeError:  # shut down since _executor() returned it
+                pass
+            else:
+                return await fut
+        return await _aio.off_loop(fn, *args)
 
     # -- fetch (what refs call) -------------------------------------------------------
 
@@ -270,12 +299,7 @@ class CompiledGraph:
             self._check_usable(pending=idx)
             raise
         except RayChannelError as e:
-            err = self._resolved(e)
-            if self._died is not None and idx < self._died_at_exec:
-                raise self._death_error() from None
-            if err is e:
-                raise
-            raise err from e.error if isinstance(e, _CauseUnknown) else e
+            self._raise_fetch_error(e, idx)
 
     def _fetch_many(self, wanted: list[tuple[int, int]], timeout_s: float | None) -> dict[int, Any]:
         """``ray.get`` of several refs: what ``Results.fetch_many`` takes of ``wanted``,
@@ -294,19 +318,42 @@ class CompiledGraph:
             self._check_usable(pending=first)
             raise
         except RayChannelError as e:
-            err = self._resolved(e)
-            if self._died is not None and first < self._died_at_exec:
-                raise self._death_error() from None
-            if err is e:
-                raise
-            raise err from e.error if isinstance(e, _CauseUnknown) else e
+            self._raise_fetch_error(e, first)
+
+    def _raise_fetch_error(self, e: RayChannelError, first: int) -> NoReturn:
+        """What a get of executions from ``first`` on raises for ``e``: the death of an
+        actor if it happened before ``first`` was submitted, else what ``e`` is."""
+        err = self._resolved(e)
+        if self._died is not None and first < self._died_at_exec:
+            raise self._death_error() from None
+        if err is e:
+            raise e
+        raise err from e.error if isinstance(e, _CauseUnknown) else e
 
     async def _fetch_async(self, idx: int, out: int) -> Any:
-        loop = asyncio.get_running_loop()
+        """``await fut``: the value (a task's failure raised), as ``GraphRef.get``
+        returns it, with nothing that blocks on the loop's thread (see ``_aio``)."""
+        fault = None
         try:
-            return self._fetch(idx, out, 0.0)  # fast path: already there
+            value = _aio.fast(self._fetch, idx, out, 0.0)  # fast path: already there
         except ray.exceptions.RayChannelTimeoutError:
-            return await loop.run_in_executor(self._executor(), self._fetch, idx, out, None)
+            value = await self._in_pool(self._fetch, idx, out, None)
+        except _aio.Deferred as d:
+            fault = d.error, d.what  # handled below, out of this block: no context to carry
+        if fault is not None:
+            await _aio.off_loop(self._fetch_failed, idx, *fault)  # raises
+        if _tensor_edges.broke_a_promise(value):  # the teardown _unwrap does, off the loop
+            await _aio.off_loop(self._unwrap, value)  # raises
+        return _errors.raise_if_task_error(value)
+
+    def _fetch_failed(self, idx: int, error: ChannelError, what: str) -> NoReturn:
+        """Off the loop: handle a fault that ``await fut``'s fast path met, and raise
+        what ``_fetch`` would have raised for it."""
+        exc = self._fault(error, what)
+        exc.__cause__ = error
+        if isinstance(exc, RayChannelError):
+            self._raise_fetch_error(exc, idx)
+        raise exc
 
     def _release(self, idx: int, out: int) -> None:
         if not self._closing and self._results is not None:
@@ -325,7 +372,8 @@ class CompiledGraph:
         A timeout leaves the graph running. Anything else is a fault: if an actor's
         process is gone (the monitor may not have polled yet) it is that actor's death;
         otherwise a broken channel. Either way the graph is torn down. With actors on
-        other nodes, and unless ``asked`` already, it is first a ``_CauseUnknown``.
+        other nodes, and unless ``asked`` already, it is first a ``_CauseUnknown``. On a
+        coroutine's fast path, where nothing may block, a fault is an ``_aio.Deferred``.
         """
         # ``e`` becomes the cause of what the caller sees; its frames (the transports'
         # waits) hold views of the ring's mappings, which must not outlive teardown.
@@ -336,6 +384,8 @@ class CompiledGraph:
             return _errors.timeout_error(e, what, self._name, configured)
         if self._closing and self._died is None:  # teardown (another thread) woke us
             return _errors.torn_down_error(self.graph_id, self._teardown_reason)
+        if self._died is None and _aio.on_fast_path():
+            return _aio.Deferred(e, what)  # what follows may block: not on the event loop
         if self._died is None and not self._torn_down:
             dead = _monitor.first_dead(self._processes)
             if dead is not None:
@@ -474,7 +524,9 @@ class CompiledGraph:
             self._input = None  # type: ignore[assignment]
         _LIVE.discard(self)
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            # Not cancel_futures: a coroutine awaiting a cancelled future would see
+            # CancelledError, not the graph's error; queued calls raise that at once.
+            self._pool.shutdown(wait=False)
         self._stop_executors()
         if self._executor_failures:  # later calls say why, too
             self._teardown_reason = self._failures_said(reason or "a channel failed")

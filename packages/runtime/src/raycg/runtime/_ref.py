@@ -21,7 +21,7 @@ class ResultSource(Protocol):
 
     def _fetch(self, idx: int, out: int, timeout_s: float | None) -> Any: ...
     def _fetch_many(self, wanted: list[tuple[int, int]], timeout_s: float | None) -> dict[int, Any]: ...
-    def _fetch_async(self, idx: int, out: int) -> Coroutine[Any, Any, Any]: ...
+    def _fetch_async(self, idx: int, out: int) -> Coroutine[Any, Any, Any]: ...  # unwrapped
     def _release(self, idx: int, out: int) -> None: ...
     def _unwrap(self, value: Any) -> Any: ...
 
@@ -94,8 +94,9 @@ class GraphFuture(_Result, CompiledDAGFuture):
                 f"upon. {self} was awaited already: keep the value the first await returned"
             )
         self._used = True
-        value = yield from self._graph._fetch_async(self._execution_index, self._output_index).__await__()
-        return self._graph._unwrap(value)
+        # _fetch_async unwraps the value itself: a broken promise's teardown must not
+        # run on the loop's thread, as _unwrap would run it.
+        return (yield from self._graph._fetch_async(self._execution_index, self._output_index).__await__())
 
 
 def _refuse_serialization(ref: Any) -> Any:
