@@ -70,20 +70,26 @@ class RingFeed:
         """Values of this stream every reader released."""
         return int(self.writer._core.min_released_now()) - self._base
 
-    def wait(self, count: int, timeout_s: float) -> None:
-        """Sleep until ``count`` values are released, :meth:`poke` is called, or
-        ``timeout_s`` passes (the ring's writer-side futex protocol: the flag says we
-        sleep, so releasing readers wake us; the word is read before the check).
+    def word(self) -> int:
+        """The futex word :meth:`wait` sleeps on: read it before deciding to wait, so that
+        a :meth:`poke` after the decision still wakes the wait."""
+        return int(self.writer._ctrl.i[_SPACE_FUTEX // 4])
+
+    def wait(self, count: int, expected: int, timeout_s: float, *, on_release: bool) -> None:
+        """Sleep until :meth:`poke` is called, ``timeout_s`` passes, or (``on_release``)
+        ``count`` values are released. With ``on_release`` the flag tells releasing
+        readers to wake us (the ring's writer-side futex protocol); without it they
+        don't, so a reader's release costs this thread no wake-up.
 
         Raises:
             ChannelClosed, ChannelBroken: the ring was closed or broke, or a reader died.
         """
         i, addr = self.writer._ctrl.i, self.writer._ctrl.addr
-        expected = i[_SPACE_FUTEX // 4]
-        i[_WRITER_WAITING // 4] = 1
-        _futex.fence()
+        if on_release:
+            i[_WRITER_WAITING // 4] = 1
+            _futex.fence()  # Dekker: our flag before our load of the released counts
         try:
-            if self.released() < count and not i[_CLOSED // 4]:
+            if not (on_release and self.released() >= count) and not i[_CLOSED // 4]:
                 _futex.futex_wait(addr + _SPACE_FUTEX, expected, timeout_s)
         finally:
             i[_WRITER_WAITING // 4] = 0
@@ -120,7 +126,11 @@ class Receiver:
         self._nslots = nslots
         # Credits go back in batches of half the ring, or at once when the writer may
         # have spent all it had: one message per value would double the stream's
-        # traffic (and its thread wake-ups) for no gain.
+        # traffic (and its thread wake-ups) for no gain. Likewise the credit thread
+        # wakes on readers' releases only once a batch may be due (the intake has
+        # written ``batch`` values past the last credit, and pokes it then): woken on
+        # every release, it would take the GIL and a core from the reader that just
+        # released, at the moment that reader goes on to its work (docs/transports.md).
         self._batch = max(1, nslots // 2)
         self._lock = threading.Lock()
         self._written = 0
@@ -163,8 +173,11 @@ class Receiver:
                 if value is not None:
                     self._feed.put(*value)
                     self._written += 1
-                    if self._written >= self._reported + self._nslots:
-                        self._feed.poke()  # the writer may be waiting for credit: send it now
+                    ahead = self._written - self._reported
+                    # A batch may now come due (the credit thread starts watching the
+                    # releases), or the writer may be waiting for credit: send it now.
+                    if ahead == self._batch or ahead >= self._nslots:
+                        self._feed.poke()
             self._end(wire.END_BROKEN, f"channel {self._name!r}: the writer's stream ended without a close")
         except ChannelClosed:
             self._end(wire.END_CLOSED, f"channel {self._name!r} was closed by a reader")
@@ -175,23 +188,24 @@ class Receiver:
 
     def _credits(self, context: Any) -> Iterator[bytes]:
         while self._outcome is None:
+            expected = self._feed.word()  # before the checks: the intake's poke after them wakes us
             released = self._feed.released()
             owed = released - self._reported
             if owed >= self._batch or (owed > 0 and self._written >= self._reported + self._nslots):
                 self._reported = released
                 yield wire.credit(released)
                 continue
-            self._wait(released + 1)
+            self._wait(released + 1, expected, self._written - self._reported >= self._batch)
             if not context.is_active():
                 self._end(wire.END_BROKEN, f"channel {self._name!r}: the writer went away")
         kind, message = self._outcome
         yield wire.end(kind, message)
 
-    def _wait(self, count: int) -> None:
-        """Until a reader releases value ``count - 1``, the intake asks for credit to be
-        sent, or a slice passes."""
+    def _wait(self, count: int, expected: int, on_release: bool) -> None:
+        """Until the intake pokes, a slice passes, or (``on_release``) a reader releases
+        value ``count - 1``."""
         try:
-            self._feed.wait(count, POLL_S)
+            self._feed.wait(count, expected, POLL_S, on_release=on_release)
         except ChannelClosed:
             self._end(wire.END_CLOSED, f"channel {self._name!r} was closed by a reader")
         except ChannelBroken as e:
