@@ -17,9 +17,9 @@ import raycg
 from . import _nodes
 from ._harness import Outcome, kill_all
 
-# A removed node's streams fail on the kernel's reset or, without one, on the keepalive
-# (1 s pings, 2 s timeout), then the caller asks who died (raycg.runtime._remote_death,
-# at most 3 s): the bound for the caller's error.
+# A removed node's processes are killed: its streams fail on the kernel's reset, then the
+# caller asks who died (raycg.runtime._remote_death: the node's raylet refuses
+# connections at once): the bound for the caller's error.
 NODE_LOSS_BOUND_S = 8.0
 
 

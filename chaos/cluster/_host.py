@@ -11,9 +11,11 @@ from ._docker import Cluster, Driver
 
 # A node fault must reach the caller within this many seconds of the moment it can be
 # known: the fault itself for a killed container, the end of Ray's node-death timeout
-# for a node that stops answering (deploy/cluster.sh chaos shortens Ray's health checks:
-# a node is declared dead some 5 s after it stops answering).
+# for a node that stops answering.
 NODE_BOUND_S = float(os.environ.get("RAYCG_CHAOS_NODE_BOUND_S", "10"))
+# deploy/compose.chaos.yaml shortens Ray's health checks: 5 misses in a row, each a check
+# given 1 s, 1 s apart, so a silent node is declared dead some 10 s after it went silent.
+NODE_DEATH_S = 5 * (1.0 + 1.0)
 # Driver start, cluster connect and a compile across three nodes, on 2 busy cores.
 READY_TIMEOUT_S = 120.0
 # Everything raycg made must be gone from every container within this many seconds.

@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import os
 import platform
 import random
 import sys
 
 from .._harness import Outcome
 from ..report import DOC
-from ._host import CLEANUP_BOUND_S, NODE_BOUND_S, cluster, reset
+from ._host import CLEANUP_BOUND_S, NODE_BOUND_S, NODE_DEATH_S, cluster, reset
 from .test_cluster import SCENARIOS, run
 
 BEGIN, END = "<!-- cluster-chaos-report:begin -->", "<!-- cluster-chaos-report:end -->"
@@ -70,8 +71,9 @@ def write(text: str, seed: int, runs: int) -> None:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     block = (
         f"{BEGIN}\nLast run: {stamp}, `python -m chaos.report --cluster --runs {runs} --seed {seed}`, "
-        f"head + 2 workers in Docker on {platform.node() or 'this machine'}; bounds: node faults "
-        f"{NODE_BOUND_S} s, cleanup {CLEANUP_BOUND_S} s.\n\n{text}\n{END}"
+        f"head + 2 workers in Docker on {platform.node() or 'this machine'} ({os.cpu_count()} cores); "
+        f"bounds: node faults {NODE_BOUND_S} s (for a paused node: from Ray's verdict, due "
+        f"{NODE_DEATH_S:g} s after the pause), cleanup {CLEANUP_BOUND_S} s.\n\n{text}\n{END}"
     )
     start, end = doc.index(BEGIN), doc.index(END) + len(END)
     DOC.write_text(doc[:start] + block + doc[end:])

@@ -204,18 +204,67 @@ def test_a_killed_writer_breaks_the_readers() -> None:
             node.call("read", 1, 0)
 
 
-def test_a_vanished_node_is_detected_by_keepalive() -> None:
+def test_a_vanished_node_is_detected_by_keepalive(monkeypatch: pytest.MonkeyPatch) -> None:
     # A stopped process answers nothing, not even TCP resets: only the keepalive pings
-    # going unanswered tell the writer, within KEEPALIVE_S + KEEPALIVE_TIMEOUT_S.
-    with Node(nslots=1) as node, rt.GrpcWriter(spec(node, nslots=1)) as writer:
-        writer.write("fills the ring")
-        blocked = Call(lambda: writer.write("waits")).wait_blocked()
+    # going unanswered for the silence window tell the writer (a child, spawned with a
+    # window of 2 s instead of Ray's node-death window).
+    monkeypatch.setenv("RAYCG_GRPC_SILENCE_S", "2")
+    with Node(nslots=1) as node, RemoteWriter(spec(node, nslots=1)) as writer:
+        writer.call("write", "fills the ring")
+        writer.send("write", "waits")
         os.kill(node.pid, signal.SIGSTOP)
         try:
             with pytest.raises(ChannelBroken, match=r"UNAVAILABLE|failed"):
-                blocked.outcome()
+                writer.recv()
         finally:
             os.kill(node.pid, signal.SIGCONT)
+
+
+def test_a_node_stopped_within_the_silence_window_is_a_stall(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stopped for 3.5 s (longer than a ping and the 2 s a ping once had), inside the
+    # writer's 8 s window: the writer fills the ring and times out while the node is
+    # stopped, nothing breaks, and every value arrives, in order, once it runs again.
+    monkeypatch.setenv("RAYCG_GRPC_SILENCE_S", "8")
+    with Node(nslots=4) as node, RemoteWriter(spec(node, nslots=4)) as writer:
+        os.kill(node.pid, signal.SIGSTOP)
+        try:
+            writer.call("write_many", ["v0", "v1", "v2", "v3"], 30)  # the ring's 4 slots
+            with pytest.raises(ChannelTimeout):  # full until the node reads
+                writer.call("write", "v4", 3.5)
+        finally:
+            os.kill(node.pid, signal.SIGCONT)
+        assert node.call("read_many", 0, 4) == ["v0", "v1", "v2", "v3"]
+        writer.call("write", "v4", 30)
+        assert node.call("read", 0, 30) == "v4"
+
+
+@pytest.mark.parametrize(
+    ("env", "window_s"),
+    [
+        ({}, 68.0),  # Ray's defaults: 5 checks of 10 s, 3 s apart, and a period of margin
+        (
+            {
+                "RAY_health_check_period_ms": "1000",
+                "RAY_health_check_timeout_ms": "1000",
+                "RAY_health_check_failure_threshold": "5",
+            },
+            11.0,
+        ),
+        ({"RAY_health_check_period_ms": "1000", "RAYCG_GRPC_SILENCE_S": "2.5"}, 2.5),
+    ],
+)
+def test_the_silence_window_is_rays_node_death_window(env: dict[str, str], window_s: float) -> None:
+    from raycg.transports._grpc_config import silence_s
+
+    assert silence_s(env) == window_s
+
+
+@pytest.mark.parametrize("name", ["RAYCG_GRPC_SILENCE_S", "RAY_health_check_timeout_ms"])
+def test_a_bad_silence_setting_is_refused_by_name(name: str) -> None:
+    from raycg.transports._grpc_config import silence_s
+
+    with pytest.raises(ValueError, match=name):
+        silence_s({name: "soon"})
 
 
 # --- close ----------------------------------------------------------------------------

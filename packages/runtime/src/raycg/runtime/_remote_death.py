@@ -1,18 +1,24 @@
 """Which actor of another node died, when a stream from that node broke.
 
-The caller's /proc monitor cannot see a remote process, and a broken gRPC stream (a reset,
-or keepalives unanswered) is noticed before Ray's tables say why: a killed remote actor is
-marked dead by its raylet within about a second, a lost node only after the GCS's health
-checks give up (3 s x 5 by default: ~15 s). So on a fault, and only then, the caller asks,
-for a bounded time (``PROBE_S``, at most the caller's timeout), every ``INTERVAL_S``:
+The caller's /proc monitor cannot see a remote process, and a broken gRPC stream says
+*that* something failed, not what. A stream breaks at once on a reset (a remote process
+died), or once its peer has been silent for Ray's node-death window (the transports'
+``SILENCE_S``: a paused, vanished or cut-off node). Ray says why a little later: a
+killed actor is marked dead by its raylet within about a second, a silent node by the
+GCS once its health checks give up. So on a fault, and only then, the caller asks,
+every ``INTERVAL_S``:
 
 1. Ray's node table (``ray.nodes()``): a remote actor's node marked dead;
 2. Ray's actor table (``ray._private.state``): a remote actor marked dead;
-3. the remote nodes' raylets: a TCP connect to the address Ray registered for each. A
-   refusal means the raylet's process is gone (the node is lost) seconds before the GCS
-   says so; a connect that times out (a machine gone, or a network cut) answers nothing.
+3. each remote node's raylet, at the address Ray registered for it: a refused TCP
+   connect means its process is gone (the node is lost, seconds before the GCS says
+   so); otherwise a gRPC call with a short deadline tells a raylet that *answers* (any
+   reply: its node is alive) from one that is *silent* (frozen or cut off).
 
-The first dead actor found is the cause; none found within the bound: a network fault.
+The first dead actor found is the cause. While every remote raylet answers, the caller
+asks for ``PROBE_S`` (Ray's word on a killed actor); while one is silent, it waits for
+Ray's verdict on that node, up to Ray's node-death window (``node_death_s``). None found
+within the bound: a network fault. Every bound is also capped by the caller's timeout.
 """
 
 from __future__ import annotations
@@ -29,6 +35,23 @@ from raycg.proto import Plan
 PROBE_S = 3.0  # covers Ray marking a killed actor dead, and a raylet's port closing
 INTERVAL_S = 0.2
 CONNECT_TIMEOUT_S = 0.3
+# Any reply within this is a raylet that answers; none is a silent one.
+ANSWER_TIMEOUT_S = 0.5
+# The raylet's gRPC server answers this (grpc.health.v1, as the GCS's health checks ask).
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+def node_death_s() -> float:
+    """Ray's node-death window for a silent node, as this process's Ray is configured
+    (the cluster's system config and this process's ``RAY_health_check_*``): the GCS
+    checks every period, gives each check its timeout, and declares the node dead after
+    ``failure_threshold`` failures in a row; plus one period for the GCS's lag."""
+    from ray._raylet import Config  # type: ignore[attr-defined]  # no public API for it
+
+    period = Config.health_check_period_ms()
+    timeout = Config.health_check_timeout_ms()
+    threshold = Config.health_check_failure_threshold()
+    return (threshold * (timeout + period) + period) / 1000.0
 
 
 class RemoteDeath:
@@ -39,6 +62,7 @@ class RemoteDeath:
         self._lock = threading.Lock()
         self._asked: threading.Event | None = None  # set once the answer is in
         self._answer: tuple[str, str] | None = None
+        self._wait_s = max(PROBE_S, node_death_s())
 
     @staticmethod
     def of(plan: Plan) -> RemoteDeath | None:
@@ -49,32 +73,41 @@ class RemoteDeath:
     def first_dead(self, budget_s: float) -> tuple[str, str] | None:
         """(actor id, why) of the first remote actor found dead, or None (all alive).
 
-        Asked once: the first caller looks, for at most ``min(PROBE_S, budget_s)``; others
-        wait for its answer (bounded as well). No lock is held while looking."""
+        Asked once: the first caller looks, for at most ``budget_s`` (and PROBE_S, or
+        Ray's node-death window while a remote raylet is silent); others wait for its
+        answer (bounded as well). No lock is held while looking."""
         with self._lock:
             asked, first = self._asked, self._asked is None
             if asked is None:
                 asked = self._asked = threading.Event()
         if first:
             try:
-                self._answer = _look(self._remote, min(PROBE_S, budget_s))
+                self._answer = _look(self._remote, min(self._wait_s, budget_s), self._wait_s)
             finally:
                 asked.set()
         else:
-            asked.wait(PROBE_S + len(self._remote) * CONNECT_TIMEOUT_S + 1.0)
+            per_round = len(self._remote) * (CONNECT_TIMEOUT_S + ANSWER_TIMEOUT_S)
+            asked.wait(self._wait_s + per_round + 1.0)
         return self._answer
 
 
-def _look(remote: list[tuple[str, str]], bound_s: float) -> tuple[str, str] | None:
-    deadline = time.monotonic() + max(0.0, bound_s)
+def _look(remote: list[tuple[str, str]], bound_s: float, silent_bound_s: float) -> tuple[str, str] | None:
+    """Ask until a dead actor is found, or PROBE_S has passed with every remote raylet
+    answering, or ``bound_s`` has passed (``silent_bound_s`` while a raylet is silent)."""
+    start = time.monotonic()
     while True:
-        found = _dead_now(remote)
-        if found is not None or time.monotonic() + INTERVAL_S > deadline:
+        found, silent = _dead_now(remote)
+        if found is not None:
             return found
+        waited = time.monotonic() - start
+        limit = min(bound_s, silent_bound_s if silent else PROBE_S)
+        if waited + INTERVAL_S > limit:
+            return None
         time.sleep(INTERVAL_S)
 
 
-def _dead_now(remote: list[tuple[str, str]]) -> tuple[str, str] | None:
+def _dead_now(remote: list[tuple[str, str]]) -> tuple[tuple[str, str] | None, bool]:
+    """(the first dead actor found, or None; whether some remote raylet is silent)."""
     from ray._private import state  # Ray's actor table: no public API without a dashboard
 
     try:
@@ -83,33 +116,46 @@ def _dead_now(remote: list[tuple[str, str]]) -> tuple[str, str] | None:
         nodes = {}
     for actor_id, node_id in remote:
         if node_id in nodes and not nodes[node_id].get("Alive", True):
-            return actor_id, f"its node {node_id[:8]} is dead"
+            return (actor_id, f"its node {node_id[:8]} is dead"), False
     for actor_id, _ in remote:
         try:
             info = state.actors(actor_id=actor_id)
         except Exception:
             break
         if info and info.get("State") == "DEAD":
-            return actor_id, "Ray reports it dead"
+            return (actor_id, "Ray reports it dead"), False
     probed: set[str] = set()
+    silent = False
     for actor_id, node_id in remote:
         node = nodes.get(node_id)
         if node is None or node_id in probed:
             continue
         probed.add(node_id)
         address = (node["NodeManagerAddress"], int(node["NodeManagerPort"]))
-        if _refuses(address):
-            where = f"{address[0]}:{address[1]}"
-            return actor_id, f"its node {node_id[:8]} is lost (its raylet at {where} is gone)"
-    return None
+        where = f"{address[0]}:{address[1]}"
+        raylet = _raylet(address)
+        if raylet == "refused":
+            return (actor_id, f"its node {node_id[:8]} is lost (its raylet at {where} is gone)"), False
+        silent = silent or raylet == "silent"
+    return None, silent
 
 
-def _refuses(address: tuple[str, int]) -> bool:
-    """Whether nothing listens at ``address`` (a refusal; a timeout says nothing)."""
+def _raylet(address: tuple[str, int]) -> str:
+    """ "refused" (nothing listens at ``address``), "answers" (a reply to a gRPC call,
+    whatever it says), or "silent" (a connect or a call that timed out)."""
     try:
         with socket.create_connection(address, timeout=CONNECT_TIMEOUT_S):
-            return False
+            pass
     except ConnectionRefusedError:
-        return True
+        return "refused"
     except OSError:
-        return False
+        return "silent"  # a timeout, or no route: a network cut or a machine gone
+    import grpc  # a dependency of raycg; loaded here only on a fault
+
+    with grpc.insecure_channel(f"{address[0]}:{address[1]}") as channel:
+        try:
+            channel.unary_unary(_HEALTH_CHECK)(b"", timeout=ANSWER_TIMEOUT_S)
+        except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+                return "silent"
+    return "answers"  # any reply, even a refusal of the call: the raylet's process runs
