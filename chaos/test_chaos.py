@@ -19,6 +19,7 @@ SCENARIOS = [
     "kill_caller",
     "stall_channel",
     "stall_communicator",
+    "stall_transfer",
     "exhaust_capacity",
     "teardown_midway",
 ]

@@ -27,6 +27,7 @@ def test_the_passes_in_order() -> None:
         "assign_transports",
         "assign_tensor_transports",
         "schedule",
+        "assign_communicators",
         "size_buffers",
     ]
     graph = _graph()

@@ -63,14 +63,27 @@ def test_a_collective_over_nccl_is_refused_naming_it_and_its_members() -> None:
     _setup.refuse_unsupported(plan)
 
 
-def test_tensors_planned_through_nccl_are_refused() -> None:
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="cupy makes NCCL ids here")
+def test_tensors_planned_through_nccl_are_refused_without_cupy() -> None:
     plan = _one_node_plan()
     add_channel(plan, "ch1", Transport.SHM, "aa" * 16, ["bb" * 16])
     plan.channels[1].tensor.transport = TensorTransport.TENSOR_ACCELERATOR
     plan.channels[1].tensor.written = "Adder.add: TorchTensorType(transport='accelerator', device='default')"
     with pytest.raises(
-        NotImplementedError, match=r"^ch1: its tensors are planned to go through NCCL \(Adder\.add: "
+        NotImplementedError,
+        match=r"^ch1: its tensors are planned to go through NCCL \(Adder\.add: .*needs NCCL ids",
     ):
         _setup.refuse_unsupported(plan)
     plan.channels[1].tensor.transport = TensorTransport.TENSOR_SHM
     _setup.refuse_unsupported(plan)  # through the ring: runs
+
+
+def test_a_communicator_edge_without_its_instance_is_refused() -> None:
+    plan = _one_node_plan()
+    add_channel(plan, "ch1", Transport.SHM, "aa" * 16, ["bb" * 16])
+    plan.channels[1].tensor.transport = TensorTransport.TENSOR_COMMUNICATOR
+    plan.channels[1].tensor.communicator_id = "comm0"
+    with pytest.raises(
+        NotImplementedError, match=r"^ch1: its tensors are planned through communicator 'comm0'"
+    ):
+        _setup.refuse_unsupported(plan)

@@ -92,32 +92,68 @@ def _job_p2p(comm: Any, rank: int, device: str, extra: Any) -> list[str]:
     return bad
 
 
-def _job_channel(comm: Any, rank: int, device: str, meta: Any) -> list[str]:
-    from raycg.transports import ShmRingReader, ShmRingWriter
+def _values(device: str) -> list[Any]:
+    """What the tensor channel carries: tensors alone and inside tuples, lists, dicts
+    (at depth), values without tensors, 0-d and empty tensors, several dtypes."""
+    return [
+        torch.full((3,), 1.0, device=device),
+        {"a": torch.arange(10.0, device=device).reshape(2, 5), "b": [1, torch.zeros(0, 4, device=device)]},
+        (torch.tensor([True, False, True], device=device), "text", 5),
+        "no tensor at all",
+        torch.tensor(2.5, dtype=torch.bfloat16, device=device),
+        [torch.arange(6, dtype=torch.int64, device=device)[::2], {"deep": (torch.ones(2, device=device),)}],
+    ]
+
+
+def _same(got: Any, want: Any) -> bool:
+    if isinstance(want, torch.Tensor):
+        return (
+            isinstance(got, torch.Tensor)
+            and got.dtype == want.dtype
+            and tuple(got.shape) == tuple(want.shape)
+            and got.device == want.device
+            and torch.equal(got.cpu(), want.cpu())
+        )
+    if isinstance(want, (list, tuple)):
+        return type(got) is type(want) and len(got) == len(want) and all(map(_same, got, want))
+    if isinstance(want, dict):
+        return (
+            isinstance(got, dict) and got.keys() == want.keys() and all(_same(got[k], want[k]) for k in want)
+        )
+    return bool(got == want)
+
+
+def _job_channel(comm: Any, rank: int, device: str, metas: Any) -> list[str]:
+    from raycg.transports import ShmRingReader, ShmRingWriter, ValueNotSerializable
     from raycg.transports._tensor_channel import TensorReader, TensorWriter
 
     bad = []
-    shapes = [(3,), (2, 5), (0, 4), (7,)]
+    values = _values(device)
+    static = [torch.ones(4, device=device), torch.zeros(4, device=device), torch.ones(5, device=device)]
+    kind = "cpu" if device == "cpu" else "cuda"
     if rank == 0:
-        w = TensorWriter(comm, [1], ShmRingWriter(meta))
-        for i, shape in enumerate(shapes):
-            w.write(torch.full(shape, float(i), device=device), timeout_s=30)
-        static = TensorWriter(comm, [1], static=((4,), torch.float32))
-        static.write(torch.ones(4, device=device))
-        try:
-            static.write(torch.ones(5, device=device))
-            bad.append("the broken static promise was not refused")
-        except ValueError:
+        w = TensorWriter(comm, [1], ShmRingWriter(metas[0]), device=kind)
+        for v in values:
+            w.write(v, timeout_s=30)
+        try:  # another device than the communicator's: refused before anything is sent
+            w.write(torch.ones(2, device="meta" if kind == "cpu" else "cpu"))
+            bad.append("a tensor on the wrong device was not refused")
+        except ValueNotSerializable:
             pass
+        s = TensorWriter(comm, [1], ShmRingWriter(metas[1]), static_shape=True, device=kind)
+        for v in static:
+            s.write(v, timeout_s=30)
     else:
-        r = TensorReader(comm, 0, ShmRingReader(meta, 0))
-        for i, shape in enumerate(shapes):
+        r = TensorReader(comm, 0, ShmRingReader(metas[0], 0), recv_timeout_s=30)
+        for i, want in enumerate(values):
             got = r.read(timeout_s=30)
-            if tuple(got.shape) != shape or not torch.equal(got.cpu(), torch.full(shape, float(i))):
-                bad.append(f"channel {shape}")
-        got = TensorReader(comm, 0, static=((4,), torch.float32)).read(30)
-        if not torch.equal(got.cpu(), torch.ones(4)):
-            bad.append("static channel")
+            if not _same(got, want):
+                bad.append(f"value {i}: {got!r} != {want!r}")
+        r = TensorReader(comm, 0, ShmRingReader(metas[1], 0), recv_timeout_s=30)
+        for i, want in enumerate(static):
+            got = r.read(timeout_s=30)
+            if not _same(got, want):
+                bad.append(f"static value {i}: {got!r} != {want!r}")
     comm.allreduce(torch.zeros(1, device=device), torch.zeros(1, device=device))
     return bad
 
@@ -192,9 +228,9 @@ def test_point_to_point_in_opposite_orders(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_tensor_channel_dynamic_and_static_shapes(kind: str) -> None:
-    with ShmRing(4, 1, name="twin.meta") as meta:
-        assert _run(kind, "channel", meta.spec) == [[]] * WORLD
+def test_tensor_channel_carries_values_with_tensors_dynamic_and_static(kind: str) -> None:
+    with ShmRing(8, 1, name="twin.meta") as meta, ShmRing(8, 1, name="twin.static") as static:
+        assert _run(kind, "channel", (meta.spec, static.spec)) == [[]] * WORLD
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -24,9 +24,31 @@ def compile(dag: Any, **options: Any) -> CompiledGraph:
 
     Raises:
         NotImplementedError: the DAG holds a function task (named).
-        ValueError: the DAG cannot be compiled (the message names the node); nothing
+        ValueError: the DAG cannot be compiled (the message names the node), or
+            ``default_communicator`` is not "create", None or a Communicator; nothing
             was created, and the fixed DAG compiles.
     """
+    default = _default_communicator(options.pop("default_communicator", "create"))
     opts = build_options(**options)
-    compiled = compile_plan(dag, opts)
+    compiled = compile_plan(dag, opts, default_communicator=default)
     return CompiledGraph(compiled.plan, compiled.actors, compiled.graph)
+
+
+def _default_communicator(value: Any) -> Any:
+    """``default_communicator`` as the compiler takes it: a Communicator instance, or
+    None for raycg's own ("create", Ray's default; None, which Ray reads as "no default",
+    means the same here, as raycg can always make one).
+
+    Raises:
+        ValueError: anything else, naming it.
+    """
+    if value is None or (isinstance(value, str) and value == "create"):
+        return None
+    from ray.experimental.channel.communicator import Communicator
+
+    if not isinstance(value, Communicator):
+        raise ValueError(
+            f"default_communicator={value!r} is not 'create' or a Communicator instance (a subclass of "
+            "ray.experimental.channel.communicator.Communicator)"
+        )
+    return value

@@ -52,18 +52,20 @@ REDUCESCATTER: CollectiveKind
 BROADCAST: CollectiveKind
 
 class TensorHint(_message.Message):
-    __slots__ = ("transport", "device", "static_shape", "direct_return", "written")
+    __slots__ = ("transport", "device", "static_shape", "direct_return", "written", "communicator_id")
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     STATIC_SHAPE_FIELD_NUMBER: _ClassVar[int]
     DIRECT_RETURN_FIELD_NUMBER: _ClassVar[int]
     WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    COMMUNICATOR_ID_FIELD_NUMBER: _ClassVar[int]
     transport: TensorTransport
     device: Device
     static_shape: bool
     direct_return: bool
     written: str
-    def __init__(self, transport: _Optional[_Union[TensorTransport, str]] = ..., device: _Optional[_Union[Device, str]] = ..., static_shape: _Optional[bool] = ..., direct_return: _Optional[bool] = ..., written: _Optional[str] = ...) -> None: ...
+    communicator_id: str
+    def __init__(self, transport: _Optional[_Union[TensorTransport, str]] = ..., device: _Optional[_Union[Device, str]] = ..., static_shape: _Optional[bool] = ..., direct_return: _Optional[bool] = ..., written: _Optional[str] = ..., communicator_id: _Optional[str] = ...) -> None: ...
 
 class Participant(_message.Message):
     __slots__ = ("driver", "actor_id")
@@ -144,7 +146,7 @@ class TaskPlan(_message.Message):
     def __init__(self, task_id: _Optional[int] = ..., method: _Optional[str] = ..., display_name: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[_Union[ArgPlan, _Mapping]]] = ..., kwargs: _Optional[_Iterable[_Union[KwArgPlan, _Mapping]]] = ..., num_returns: _Optional[int] = ..., outputs: _Optional[_Iterable[str]] = ..., collective: _Optional[_Union[CollectivePlan, _Mapping]] = ...) -> None: ...
 
 class CollectivePlan(_message.Message):
-    __slots__ = ("collective_id", "kind", "reduce_op", "members", "rank", "src_rank", "transport")
+    __slots__ = ("collective_id", "kind", "reduce_op", "members", "rank", "src_rank", "transport", "communicator_id")
     COLLECTIVE_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     REDUCE_OP_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +154,7 @@ class CollectivePlan(_message.Message):
     RANK_FIELD_NUMBER: _ClassVar[int]
     SRC_RANK_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    COMMUNICATOR_ID_FIELD_NUMBER: _ClassVar[int]
     collective_id: str
     kind: CollectiveKind
     reduce_op: str
@@ -159,7 +162,18 @@ class CollectivePlan(_message.Message):
     rank: int
     src_rank: int
     transport: str
-    def __init__(self, collective_id: _Optional[str] = ..., kind: _Optional[_Union[CollectiveKind, str]] = ..., reduce_op: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., rank: _Optional[int] = ..., src_rank: _Optional[int] = ..., transport: _Optional[str] = ...) -> None: ...
+    communicator_id: str
+    def __init__(self, collective_id: _Optional[str] = ..., kind: _Optional[_Union[CollectiveKind, str]] = ..., reduce_op: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., rank: _Optional[int] = ..., src_rank: _Optional[int] = ..., transport: _Optional[str] = ..., communicator_id: _Optional[str] = ...) -> None: ...
+
+class CommunicatorPlan(_message.Message):
+    __slots__ = ("communicator_id", "members", "written")
+    COMMUNICATOR_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    communicator_id: str
+    members: _containers.RepeatedScalarFieldContainer[str]
+    written: str
+    def __init__(self, communicator_id: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., written: _Optional[str] = ...) -> None: ...
 
 class ActorPlan(_message.Message):
     __slots__ = ("actor_id", "actor_label", "node_id", "tasks", "gpu_ids")
@@ -204,7 +218,7 @@ class Options(_message.Message):
     def __init__(self, submit_timeout_s: _Optional[float] = ..., get_timeout_s: _Optional[float] = ..., buffer_size_bytes: _Optional[int] = ..., max_inflight_executions: _Optional[int] = ..., max_buffered_results: _Optional[int] = ..., enable_asyncio: _Optional[bool] = ..., overlap_gpu_communication: _Optional[bool] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("graph_id", "options", "channels", "actors", "input_channel_id", "outputs", "multi_output", "driver_node_id", "input_channel_ids")
+    __slots__ = ("graph_id", "options", "channels", "actors", "input_channel_id", "outputs", "multi_output", "driver_node_id", "input_channel_ids", "communicators")
     GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +228,7 @@ class Plan(_message.Message):
     MULTI_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     DRIVER_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_CHANNEL_IDS_FIELD_NUMBER: _ClassVar[int]
+    COMMUNICATORS_FIELD_NUMBER: _ClassVar[int]
     graph_id: str
     options: Options
     channels: _containers.RepeatedCompositeFieldContainer[ChannelPlan]
@@ -223,7 +238,8 @@ class Plan(_message.Message):
     multi_output: bool
     driver_node_id: str
     input_channel_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, graph_id: _Optional[str] = ..., options: _Optional[_Union[Options, _Mapping]] = ..., channels: _Optional[_Iterable[_Union[ChannelPlan, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorPlan, _Mapping]]] = ..., input_channel_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputPlan, _Mapping]]] = ..., multi_output: _Optional[bool] = ..., driver_node_id: _Optional[str] = ..., input_channel_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    communicators: _containers.RepeatedCompositeFieldContainer[CommunicatorPlan]
+    def __init__(self, graph_id: _Optional[str] = ..., options: _Optional[_Union[Options, _Mapping]] = ..., channels: _Optional[_Iterable[_Union[ChannelPlan, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorPlan, _Mapping]]] = ..., input_channel_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputPlan, _Mapping]]] = ..., multi_output: _Optional[bool] = ..., driver_node_id: _Optional[str] = ..., input_channel_ids: _Optional[_Iterable[str]] = ..., communicators: _Optional[_Iterable[_Union[CommunicatorPlan, _Mapping]]] = ...) -> None: ...
 
 class ShmEndpoint(_message.Message):
     __slots__ = ("channel_id", "pid", "ctrl_fd", "num_slots", "num_readers", "reader_index")

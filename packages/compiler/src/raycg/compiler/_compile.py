@@ -31,6 +31,7 @@ def compile_plan(
     *,
     debug: bool = False,
     locate_timeout_s: float = DEFAULT_LOCATE_TIMEOUT_S,
+    default_communicator: object = None,
 ) -> CompiledPlan:
     """Compile the Ray DAG ending at ``dag`` into a Plan.
 
@@ -42,6 +43,8 @@ def compile_plan(
         options: copied into ``Plan.options``; sizes the channels.
         debug: lint the IR after each pass.
         locate_timeout_s: how long to wait, in all, for the actors to say where they run.
+        default_communicator: a Communicator instance for what would otherwise go through
+            NCCL (``passes.assign_tensor_transports``); None: raycg makes its own.
 
     Raises:
         NotImplementedError: a function task (or another unsupported node), named.
@@ -51,6 +54,8 @@ def compile_plan(
     """
     graph = read_dag(dag)
     graph.options = options
+    if default_communicator is not None:
+        graph.meta["default_communicator"] = default_communicator
     locate_actors(graph, locate_timeout_s)
     run_passes(graph, debug=debug)
     plan = emit_plan(graph)

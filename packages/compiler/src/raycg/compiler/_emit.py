@@ -80,6 +80,8 @@ class _Emitter:
         for actor_id, tasks in self.graph.meta["schedule"].items():
             self.plan.actors.append(self._actor_plan(actor_id, tasks))
         self.plan.outputs.extend(self._output_plan(ref) for ref in self.graph.output_node.refs())
+        for cid, use in self.graph.meta.get("communicators", {}).items():
+            self.plan.communicators.add(communicator_id=cid, members=use.members, written=use.written)
         return self.plan
 
     def _add_channels(self, node: Node) -> None:
@@ -104,6 +106,8 @@ class _Emitter:
             hint: ir.TensorHint | None = node.meta.get("tensor_hint")
             if hint is not None:
                 channel.tensor.CopyFrom(_tensor_hint(hint, kind[1]))
+                if kind[1] == TensorTransport.TENSOR_COMMUNICATOR:
+                    channel.tensor.communicator_id = node.meta["communicator_id"]
             self.plan.channels.append(channel)
 
     def _channel_of(self, src: Node, dst: Node) -> str:
@@ -181,6 +185,7 @@ def _collective_plan(collective: ir.Collective, node: Node) -> CollectivePlan:
         rank=collective.actor_ids.index(node.actor.actor_id),
         src_rank=collective.src_rank,
         transport=collective.transport,
+        communicator_id=collective.communicator_id,
     )
 
 

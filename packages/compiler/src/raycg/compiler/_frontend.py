@@ -263,6 +263,7 @@ def _collective(op: Any, name: str) -> Collective:
         reduce_op=reduce_op.name if reduce_op is not None else "",
         transport=transport,
         src_rank=getattr(kind_op, "src_rank", 0),
+        communicator=hint.get_custom_communicator(),
     )
 
 

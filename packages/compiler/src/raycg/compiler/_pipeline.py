@@ -5,12 +5,26 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .ir import Graph
-from .passes import assign_tensor_transports, assign_transports, schedule, size_buffers, validate
+from .passes import (
+    assign_communicators,
+    assign_tensor_transports,
+    assign_transports,
+    schedule,
+    size_buffers,
+    validate,
+)
 
 Pass = Callable[[Graph], None]
 
 # validate first: later passes may assume a well-formed graph of live actor calls.
-PASSES: tuple[Pass, ...] = (validate, assign_transports, assign_tensor_transports, schedule, size_buffers)
+PASSES: tuple[Pass, ...] = (
+    validate,
+    assign_transports,
+    assign_tensor_transports,
+    schedule,
+    assign_communicators,  # after schedule: it checks the order of edges sharing an instance
+    size_buffers,
+)
 
 
 class PassFailed(RuntimeError):

@@ -89,6 +89,8 @@ class Collective:
     reduce_op: str = ""  # Ray's ReduceOp name, for allreduce and reducescatter
     transport: str = "auto"  # "auto" | "nccl" | "cpu" | "communicator"
     src_rank: int = 0  # broadcast
+    communicator: object = None  # the user's Communicator instance, for "communicator"
+    communicator_id: str = ""  # its id in graph.meta["communicators"] (assign_communicators)
     members: list[Node] = field(default_factory=list)  # in the order the frontend read them
 
     @property

@@ -1,5 +1,7 @@
 """Collectives in a graph: the compiler's ``op="collective"`` tasks, run with raycg's CPU
-communicator, or its NCCL one where every member has a GPU.
+communicator, or its NCCL one where every member has a GPU, or a user's Communicator
+instance (``transport="communicator"``: handed out by ``_communicators``, joined once per
+actor by the executor and passed here already joined).
 
 Caller side (:func:`make_groups`, at setup): one ``CpuCommGroup`` per collective of the
 plan, owned by the caller like every ring, its picklable spec handed to each member with
@@ -21,7 +23,6 @@ other members blocked on a member that has nothing to contribute.
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 from typing import Any
 
@@ -31,6 +32,7 @@ from raycg.proto import CollectiveKind, Plan
 from raycg.transports import (
     ChannelBroken,
     ChannelTimeout,
+    Communicator,
     CpuCommGroup,
     CpuCommSpec,
     CpuCommunicator,
@@ -40,6 +42,7 @@ from raycg.transports import (
 )
 
 from . import _errors
+from ._comm_groups import NcclSpec, device_of
 
 # Bytes each member contributes per round: tensors above it take several rounds.
 GROUP_CAPACITY_BYTES = 4 << 20
@@ -49,21 +52,13 @@ GROUP_CAPACITY_BYTES = 4 << 20
 TIMEOUT_MARGIN_S = 1.0
 
 
-@dataclasses.dataclass(frozen=True)
-class NcclSpec:
-    """What a member of a NCCL collective needs to join (picklable)."""
-
-    unique_id: tuple[int, ...]
-    world_size: int
-
-
 def _is_nccl(coll: Any, gpus: dict[str, bool]) -> bool:
     return bool(
         coll.transport == "nccl" or (coll.transport == "auto" and all(gpus.get(m) for m in coll.members))
     )
 
 
-def _nccl_missing() -> str:
+def nccl_missing() -> str:
     """Why this process cannot make NCCL ids ("" if it can)."""
     try:
         import cupy  # noqa: F401
@@ -78,26 +73,22 @@ def refuse_unsupported(plan: Plan) -> None:
 
     Raises:
         NotImplementedError: a collective over NCCL (every member has a GPU, or
-            ``transport="nccl"``) where this process has no cupy, or over a user's
-            Communicator instance, or among members on different Ray nodes, naming it
-            and its members.
+            ``transport="nccl"``) where this process has no cupy, or over raycg's CPU
+            communicator among members on different Ray nodes, naming it and its
+            members. (One over a user's Communicator instance runs: _communicators.)
     """
     labels = {a.actor_id: a.actor_label for a in plan.actors}
     gpus = {a.actor_id: bool(a.gpu_ids) for a in plan.actors}
     nodes = {a.actor_id: a.node_id for a in plan.actors}
     for coll in _collectives(plan).values():
         members = ", ".join(labels.get(m, m) for m in coll.members)
-        if _is_nccl(coll, gpus) and _nccl_missing():
+        if _is_nccl(coll, gpus) and nccl_missing():
             raise NotImplementedError(
                 f"{coll.collective_id} (members {members}): a NCCL collective needs NCCL ids from the "
-                f"driver: {_nccl_missing()}; or bind it with transport='cpu'"
+                f"driver: {nccl_missing()}; or bind it with transport='cpu'"
             )
         if coll.transport == "communicator":
-            raise NotImplementedError(
-                f"{coll.collective_id} (members {members}): raycg.runtime runs collectives with its "
-                "CPU or NCCL communicator, not over a user's Communicator instance yet; bind it with "
-                "transport=None"
-            )
+            continue  # the user's instance, handed out by _communicators
         if not _is_nccl(coll, gpus) and len({nodes.get(m) for m in coll.members}) > 1:
             raise NotImplementedError(
                 f"{coll.collective_id} (members {members}): its members run on different Ray nodes, "
@@ -121,6 +112,8 @@ def make_groups(plan: Plan, keep: list[Any]) -> dict[str, dict[str, CpuCommSpec 
     specs: dict[str, dict[str, CpuCommSpec | NcclSpec]] = {}
     gpus = {a.actor_id: bool(a.gpu_ids) for a in plan.actors}
     for cid, coll in _collectives(plan).items():
+        if coll.transport == "communicator":
+            continue  # the user's instance: _communicators
         if _is_nccl(coll, gpus):
             nccl = NcclSpec(nccl_unique_id(), len(coll.members))
             for m in coll.members:
@@ -150,7 +143,9 @@ class CollectiveTask:
 
     Args:
         coll: the task's ``CollectivePlan``.
-        spec: the group's spec (from :func:`make_groups`).
+        spec: the group's spec (from :func:`make_groups`), or a communicator already
+            joined (a user's instance, shared with the graph's other uses of it: this
+            task neither aborts nor destroys it; its owner does).
         timeout_s: bound on each call (None: until the group is aborted).
         display, actor_repr, actor_id: for errors.
     """
@@ -158,7 +153,7 @@ class CollectiveTask:
     def __init__(
         self,
         coll: Any,
-        spec: CpuCommSpec | NcclSpec,
+        spec: CpuCommSpec | NcclSpec | Communicator,
         timeout_s: float | None,
         display: str,
         actor_repr: str,
@@ -173,8 +168,12 @@ class CollectiveTask:
         import torch  # a collective's member exchanges tensors
 
         self._torch = torch
-        self.comm: CpuCommunicator | NcclCommunicator
-        if isinstance(spec, NcclSpec):  # on this actor's GPU (Ray made it the only one)
+        self.comm: Communicator
+        self._owned = not isinstance(spec, Communicator)
+        if isinstance(spec, Communicator):
+            self.comm = spec
+            self.device = device_of(spec)
+        elif isinstance(spec, NcclSpec):  # on this actor's GPU (Ray made it the only one)
             self.comm = NcclCommunicator(spec.unique_id, spec.world_size, coll.rank, timeout_s=timeout_s)
             self.device = "cuda"
         else:
@@ -266,8 +265,10 @@ class CollectiveTask:
 
     def abort(self) -> None:
         """Wake this member's blocked call and every other member's (any thread)."""
-        self.comm.abort()
+        if self._owned:
+            self.comm.abort()
 
     def destroy(self) -> None:
         """Leave the group (the executor thread, once its loop ended)."""
-        self.comm.destroy()
+        if self._owned:
+            self.comm.destroy()

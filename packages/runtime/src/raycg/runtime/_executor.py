@@ -37,6 +37,7 @@ from raycg.transports import (
 
 from . import _errors, _tensor_edges
 from ._collectives import CollectiveTask
+from ._comm_groups import Joined
 from ._projection import FIRST_ARG, compile_projections, project
 from ._stats import STATS_ENABLED, Recorder, timed
 
@@ -126,6 +127,10 @@ class Executor:
         self._on_exit = on_exit
         self._extras = extras or {}
         self.collectives: list[CollectiveTask] = []
+        # This actor's communicator groups of the graph (tensor edges, collectives over a
+        # user's instance), each joined once; edges: channel id -> EdgeRanks.
+        self.groups = Joined(self._extras.get("groups", {}), self._extras.get("timeout_s"))
+        self._edges: dict[str, Any] = self._extras.get("edges", {})
         try:
             self.tasks = self._build(setup, instance)
         except BaseException:
@@ -138,6 +143,7 @@ class Executor:
         me = setup.actor.actor_id
         plans = {c.channel_id: c for c in setup.channels}
         _tensor_edges.load_torch(list(plans.values()))
+        self.groups.join_all()  # in one order on every member: a NCCL init waits for all
         shm = {e.channel_id: e for e in setup.shm}
         self._grpc = {e.channel_id: e for e in setup.grpc}
         inproc = {
@@ -163,7 +169,13 @@ class Executor:
                 if ch not in self._index:
                     self._index[ch] = len(self._index)
                     read: Callable[[float | None], Any] = self._open_reader(plans[ch], me, shm, inproc).read
-                    place = _tensor_edges.placement(plans[ch], list(setup.actor.gpu_ids))
+                    gpu_ids = list(setup.actor.gpu_ids)
+                    edge = self._edges.get(ch)
+                    place = (
+                        _tensor_edges.placement(plans[ch], gpu_ids)
+                        if edge is None
+                        else _tensor_edges.comm_placement(plans[ch], self.groups.get(edge.group), gpu_ids)
+                    )
                     if place is not None:  # the hint's device: the reader's GPU
                         read = _placed(read, place)
                     if STATS_ENABLED:  # time spent waiting for the value
@@ -182,7 +194,8 @@ class Executor:
     def _collective(self, tp: Any) -> CollectiveTask:
         """Join this task's collective (the communicator spec came with the setup)."""
         cid = tp.collective.collective_id
-        spec = self._extras.get("comms", {}).get(cid)
+        group = self._extras.get("collective_groups", {}).get(cid)
+        spec = self._extras.get("comms", {}).get(cid) if group is None else self.groups.get(group)
         if spec is None:
             raise RuntimeError(f"{tp.display_name}: no communicator was set up for {cid}")
         coll = CollectiveTask(
@@ -204,6 +217,11 @@ class Executor:
             ep = open_reader(
                 ShmRingSpec(plan.label, e.pid, e.ctrl_fd, e.num_slots, e.num_readers), e.reader_index
             )
+        edge = self._edges.get(plan.channel_id)
+        if edge is not None:  # the ring carries headers; the tensors come over the communicator
+            ep = _tensor_edges.comm_reader(
+                plan, ep, self.groups.get(edge.group), edge, self._extras.get("timeout_s")
+            )
         self.endpoints.append(ep)
         return ep
 
@@ -217,6 +235,9 @@ class Executor:
         else:
             e = shm[plan.channel_id]
             ep = open_writer(ShmRingSpec(plan.label, e.pid, e.ctrl_fd, e.num_slots, e.num_readers))
+        edge = self._edges.get(plan.channel_id)
+        if edge is not None:  # the ring carries headers; the tensors go over the communicator
+            ep = _tensor_edges.comm_writer(plan, ep, self.groups.get(edge.group), edge)
         self.endpoints.append(ep)
         return ep
 
@@ -240,6 +261,7 @@ class Executor:
             self.close()
             for coll in self.collectives:  # only this thread calls them: safe to leave now
                 coll.destroy()
+            self.groups.destroy()
             self._on_exit(self)
 
     def _failed(self, kind: str, e: BaseException) -> None:
@@ -312,6 +334,8 @@ class Executor:
     def close(self) -> None:
         for coll in getattr(self, "collectives", ()):
             coll.abort()  # wakes this loop, if blocked in one, and the other members
+        if hasattr(self, "groups"):
+            self.groups.abort()  # likewise for a transfer or collective over a group
         for ep in self.endpoints:
             ep.close()
         for ring in self.inproc:

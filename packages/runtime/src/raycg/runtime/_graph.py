@@ -127,8 +127,8 @@ class CompiledGraph:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._results: Results | None = None
         self._res = _setup.Resources()
-        if ir_graph is not None:  # a user's Communicators live in the IR, not the plan
-            self._res.shm_communicators = _communicators.shm_communicator_channels(plan, ir_graph)
+        # A user's Communicator instances live in the IR, not in the plan (a protobuf).
+        self._res.communicators = _communicators.instances(ir_graph)
         weakref.finalize(self, self._res.close)  # dropped without teardown: stop executors
         try:
             self._setup()

@@ -3,10 +3,10 @@ of all of them), and each actor gets its part of the plan in one ``__ray_call__`
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 import ray
+from ray import cloudpickle
 from ray.actor import ActorHandle
 from ray.exceptions import RayChannelError
 
@@ -22,7 +22,7 @@ from raycg.proto import (
 )
 from raycg.transports import ShmRing
 
-from . import _collectives, _hosting
+from . import _collectives, _communicators, _hosting
 from ._actor import setup_actor
 
 SETUP_TIMEOUT_S = 60.0
@@ -36,10 +36,12 @@ class Resources:
         self.rings: dict[str, ShmRing] = {}
         self.endpoints: list[Any] = []
         self.writers: list[Any] = []  # the caller's GRPC writers: closed with the rings
-        self.groups: list[Any] = []  # communicator groups (CpuCommGroup), one per collective
-        self.comm_specs: dict[str, dict[str, Any]] = {}  # actor id -> {collective id: spec}
-        # Channels whose Communicator is Ray's CPU one: their tensors go through the ring.
-        self.shm_communicators: set[str] = set()
+        self.groups: list[Any] = []  # raycg's CPU communicator groups (CpuCommGroup)
+        # actor id -> what its setup's extras say of communicators: "comms" (collective
+        # id -> spec, _collectives), "groups", "edges", "collective_groups" (_communicators)
+        self.comm_specs: dict[str, dict[str, Any]] = {}
+        # communicator id -> the user's Communicator instance (from the compiler's IR)
+        self.communicators: dict[str, Any] = {}
 
     def close_rings(self) -> None:
         # Closing a ring sets its shared closed flag: every executor blocked on it, in
@@ -61,26 +63,28 @@ class Resources:
         self.groups.clear()
 
 
-def refuse_unsupported(plan: Plan, through_shm: set[str] | frozenset[str] = frozenset()) -> None:
-    """What the compiler plans but this runtime cannot run yet, refused before anything is
-    created: the one place such refusals live (create_rings calls it first).
+def refuse_unsupported(plan: Plan, comms: dict[str, Any] | None = None) -> None:
+    """What the compiler plans but this runtime cannot run here, refused before anything
+    is created: the one place such refusals live (create_rings calls it first).
+
+    Args:
+        comms: communicator id -> the user's instance (``Resources.communicators``).
 
     Raises:
-        NotImplementedError: tensors planned to go through NCCL or a user's Communicator,
-            naming the edge; a collective over NCCL or a user's Communicator (see
-            _collectives.refuse_unsupported). (GRPC channels, edges across Ray nodes, are
-            set up by _crossnode.)
+        NotImplementedError: tensors planned through NCCL where this process cannot make
+            NCCL ids (no cupy), naming the edge; see _communicators.refuse_unsupported
+            and _collectives.refuse_unsupported. (GRPC channels, edges across Ray
+            nodes, are set up by _crossnode.)
     """
     for ch in plan.channels:
-        if ch.channel_id in through_shm:
-            continue  # Ray's CPUCommunicator: tensors through shared memory, as in Ray
-        if ch.tensor.transport in (TensorTransport.TENSOR_ACCELERATOR, TensorTransport.TENSOR_COMMUNICATOR):
-            how = "NCCL" if ch.tensor.transport == TensorTransport.TENSOR_ACCELERATOR else "a Communicator"
+        missing = ch.tensor.transport == TensorTransport.TENSOR_ACCELERATOR and _collectives.nccl_missing()
+        if missing:
             raise NotImplementedError(
-                f"{ch.label or ch.channel_id}: its tensors are planned to go through {how} "
-                f"({ch.tensor.written}), which raycg.runtime cannot run yet; use "
-                "with_tensor_transport(transport='shm')"
+                f"{ch.label or ch.channel_id}: its tensors are planned to go through NCCL "
+                f"({ch.tensor.written}), which needs NCCL ids from the driver: {missing}; "
+                "or use with_tensor_transport(transport='shm')"
             )
+    _communicators.refuse_unsupported(plan, comms or {})
     _collectives.refuse_unsupported(plan)
 
 
@@ -91,7 +95,7 @@ def create_rings(plan: Plan, res: Resources) -> dict[str, list[ShmEndpoint]]:
     Raises:
         NotImplementedError: see refuse_unsupported.
     """
-    refuse_unsupported(plan, res.shm_communicators)
+    refuse_unsupported(plan, res.communicators)
     endpoints: dict[str, list[ShmEndpoint]] = {}
     for ch in plan.channels:
         # A remote node's SHM channels get their rings there (_crossnode).
@@ -99,7 +103,11 @@ def create_rings(plan: Plan, res: Resources) -> dict[str, list[ShmEndpoint]]:
             ring = ShmRing(ch.num_slots, len(ch.readers), ch.slot_size_bytes, name=ch.label or ch.channel_id)
             res.rings[ch.channel_id] = ring
             _add_endpoints(ch, ring, endpoints)
-    res.comm_specs = _collectives.make_groups(plan, res.groups)
+    comms = res.communicators
+    shm = _communicators.shm_communicator_channels(plan, comms)  # Ray's CPUCommunicator: the ring
+    res.comm_specs = _communicators.make_groups(plan, comms, shm, res.groups)
+    for actor_id, specs in _collectives.make_groups(plan, res.groups).items():
+        res.comm_specs.setdefault(actor_id, {})["comms"] = specs
     return endpoints
 
 
@@ -146,13 +154,14 @@ def setup_actors(
             shm=endpoints.get(ap.actor_id, []),
             grpc=(grpc or {}).get(ap.actor_id, []),
         )
-        # Communicator specs hold Python objects the proto cannot: pickled beside it.
+        # Communicator specs hold Python objects the proto cannot (a user's Communicator
+        # instance among them): pickled beside it, by Ray's cloudpickle as Ray would.
         comms = (comm_specs or {}).get(ap.actor_id)
         extras = (
             b""
             if not comms
-            else pickle.dumps(
-                {"comms": comms, "timeout_s": _collectives.member_timeout(plan.options.get_timeout_s)}
+            else cloudpickle.dumps(
+                {**comms, "timeout_s": _collectives.member_timeout(plan.options.get_timeout_s)}
             )
         )
         ref: Any = actors[ap.actor_id].__ray_call__.remote(setup_actor, setup.SerializeToString(), extras)

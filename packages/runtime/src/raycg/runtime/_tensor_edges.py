@@ -9,7 +9,12 @@
 - **Device placement**, by the reader: ``"cpu"`` (and ``"default"`` on an actor without
   a GPU) keeps what the shared-memory ring delivers; ``"gpu"``/``"cuda"`` (and
   ``"default"`` on an actor Ray gave a GPU) moves every tensor of the value to the
-  reader's current CUDA device, one host-to-device copy per tensor.
+  reader's current CUDA device, one host-to-device copy per tensor. On a communicator
+  edge the tensors arrive where the communicator puts them (NCCL: the reader's GPU) and
+  move only if the hint wants them elsewhere.
+- **Communicator edges** (NCCL, a user's Communicator, raycg's CPU twin): the channel's
+  ring carries each value's header, and ``raycg.transports.TensorWriter``/``TensorReader``
+  over the edge's communicator its tensors (:func:`comm_writer`, :func:`comm_reader`).
 
 Tensors are looked for in the value itself and inside tuples, lists and dicts, at any
 depth (what a pipeline stage returns); tensors inside other objects travel unchecked.
@@ -24,8 +29,17 @@ from typing import Any
 from ray.exceptions import RayTaskError
 
 from raycg.proto import ChannelPlan, Device
+from raycg.transports import (
+    Channel,
+    Communicator,
+    CpuCommunicator,
+    NcclCommunicator,
+    TensorReader,
+    TensorWriter,
+)
 
 from . import _errors
+from ._comm_groups import EdgeRanks, device_of
 
 
 class TensorPromiseBroken(ValueError):
@@ -167,18 +181,65 @@ def placement(plan: ChannelPlan, gpu_ids: list[str]) -> Callable[[Any], Any] | N
     return to_cuda
 
 
+def comm_writer(plan: ChannelPlan, meta: Channel, comm: Communicator, ranks: EdgeRanks) -> TensorWriter:
+    """The write end of a communicator edge: headers through ``meta`` (the edge's
+    ring), tensors with ``comm`` to every reader rank (one grouped send each)."""
+    return TensorWriter(
+        comm, list(ranks.readers), meta, static_shape=plan.tensor.static_shape, device=device_of(comm)
+    )
+
+
+def comm_reader(
+    plan: ChannelPlan, meta: Channel, comm: Communicator, ranks: EdgeRanks, timeout_s: float | None
+) -> TensorReader:
+    """A read end of a communicator edge; its tensors' receive is bounded by
+    ``timeout_s`` once their header came. A user's communicator receives into tensors
+    from Ray's allocator interface (``allocator(shape, dtype)``, on its device); raycg's
+    own make their tensors themselves (no copy more)."""
+    allocator = None
+    if not isinstance(comm, (CpuCommunicator, NcclCommunicator)):
+        import torch
+
+        device = device_of(comm)
+        allocator = lambda shape, dtype: torch.empty(shape, dtype=dtype, device=device)  # noqa: E731
+    return TensorReader(comm, ranks.writer, meta, allocator=allocator, recv_timeout_s=timeout_s)
+
+
+def comm_placement(plan: ChannelPlan, comm: Communicator, gpu_ids: list[str]) -> Callable[[Any], Any] | None:
+    """What a reader of a communicator edge applies to each value to put its tensors on
+    the planned device, or None (where the communicator put them).
+
+    Raises:
+        RuntimeError: the device is the GPU and CUDA is not available (refused at setup).
+    """
+    device = plan.tensor.device
+    want = "cuda" if device == Device.DEVICE_GPU or (device == Device.DEVICE_DEFAULT and gpu_ids) else "cpu"
+    if want == device_of(comm):
+        return None
+    return placement(plan, gpu_ids) if want == "cuda" else to_cpu
+
+
+def to_cpu(value: Any) -> Any:
+    """``value`` with every tensor in it (and its tuples, lists, dicts) on the CPU."""
+    return _moved(value, "cpu")
+
+
 def to_cuda(value: Any) -> Any:
     """``value`` with every tensor in it (and its tuples, lists, dicts) on the current
     CUDA device: one host-to-device copy each, the rest of the value as it was.
 
     """
+    return _moved(value, "cuda")
+
+
+def _moved(value: Any, device: str) -> Any:
     torch = _torch()
     if torch is None:
         return value
 
     def move(v: Any) -> Any:
         if isinstance(v, torch.Tensor):
-            return v.to("cuda", non_blocking=False)
+            return v.to(device, non_blocking=False)
         if isinstance(v, tuple):
             return type(v)(*map(move, v)) if hasattr(v, "_fields") else tuple(map(move, v))
         if isinstance(v, list):

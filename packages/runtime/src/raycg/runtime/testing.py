@@ -1,4 +1,6 @@
-"""Leak checks for tests and the chaos suite: what raycg could leave behind.
+"""Leak checks for tests and the chaos suite: what raycg could leave behind; and
+:class:`CpuTwin`, raycg's CPU communicator asked for as a Communicator instance (the
+CPU twin of a NCCL edge or collective, see ``_communicators``).
 
 Used by tests/ and chaos/ after a graph's end, on both sides: new /dev/shm entries,
 and, in this process and in each actor (:func:`actor_resources`, through
@@ -12,6 +14,8 @@ import os
 import re
 import threading
 from typing import Any
+
+from ._communicators import CpuTwin as CpuTwin  # re-exported for tests and chaos
 
 # Ray's own Compiled Graph names its semaphores after the creating pid; other sessions
 # on the machine (a benchmark running Ray's graphs, say) create them, and they are not

@@ -102,6 +102,23 @@ class Communicator(abc.ABC):
         """The next tensor from ``peer_rank`` (of ``shape`` and ``dtype``), in a tensor
         from ``allocator(shape, dtype)`` if given. Safe to read when this returns."""
 
+    def send_batch(self, sends: list[tuple[Any, int]], timeout_s: float | None = None) -> None:
+        """Each ``(tensor, peer_rank)`` in order, as one batch (NCCL: one group, so
+        that paired operations never deadlock on their order); one after another here."""
+        for tensor, peer in sends:
+            self.send(tensor, peer, timeout_s)
+
+    def recv_batch(
+        self,
+        recvs: list[tuple[tuple[int, ...], Any, int, Allocator | None]],
+        timeout_s: float | None = None,
+    ) -> list[Any]:
+        """Each ``(shape, dtype, peer_rank, allocator)`` in order, as one batch (NCCL: one
+        group); the tensors, complete when this returns."""
+        return [
+            self.recv(shape, dtype, peer, allocator, timeout_s) for shape, dtype, peer, allocator in recvs
+        ]
+
     @property
     def send_stream(self) -> Any:
         """The stream sends run on (a CUDA stream; None where there is none)."""

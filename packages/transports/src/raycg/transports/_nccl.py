@@ -171,6 +171,18 @@ class NcclCommunicator(Communicator):
         """One send of ``tensor`` per peer, grouped (never deadlocks on the order)."""
         self.exchange([(tensor, p) for p in peer_ranks], [], timeout_s)
 
+    def send_batch(self, sends: list[tuple[Any, int]], timeout_s: float | None = None) -> None:
+        """Every ``(tensor, peer)`` as one NCCL group; returns once queued."""
+        self.exchange(sends, [], timeout_s)
+
+    def recv_batch(
+        self,
+        recvs: list[tuple[tuple[int, ...], Any, int, Allocator | None]],
+        timeout_s: float | None = None,
+    ) -> list[Any]:
+        """Every ``(shape, dtype, peer, allocator)`` as one NCCL group, complete on return."""
+        return self.exchange([], recvs, timeout_s)
+
     def recv(
         self,
         shape: tuple[int, ...],

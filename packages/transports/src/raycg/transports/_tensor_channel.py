@@ -1,12 +1,26 @@
-"""Tensors over a communicator: one writer rank, several reader ranks.
+"""Values whose tensors go over a communicator: one writer rank, several reader ranks.
 
-The data goes with the communicator's send/recv (ncclSend/ncclRecv on a NCCL
-communicator: GPU to GPU, no host copy; the CPU communicator is its twin for CI), one
-send per reader, grouped where the communicator groups (NCCL). The metadata (shape,
-dtype) goes first over an existing channel (``meta``: a ShmRing, a gRPC channel), unless
-the shape is *static* (``_static_shape``): then both ends know it and only the data
-moves. A write that breaks the static promise raises ValueError naming both shapes,
-before anything is sent.
+A value (a tensor, or tuples, lists and dicts holding tensors at any depth, or anything
+else) is split in one walk: its tensors go with the communicator's ``send_batch`` /
+``recv_batch`` (ncclSend/ncclRecv on a NCCL communicator: GPU to GPU, no host copy, one
+send per reader, all in one NCCL group so that paired operations never deadlock; the
+CPU communicator is its twin for CI); the rest of the value, with each tensor replaced
+by a placeholder, and the tensors' metadata (shape, dtype) go first over an existing
+channel (``meta``: the edge's ShmRing or gRPC channel), as one small message.
+
+- Header first, then the data: a reader that has the header knows the writer is
+  sending, so its receive may be bounded (``recv_timeout_s``) without ever timing out
+  on a slow upstream; a writer that stalls after its header makes the reader time out,
+  which aborts the communicator.
+- ``static_shape`` (the runtime's ``_static_shape``): the metadata travels with the first
+  value and then only when it changes (a failure in between, which holds no tensor),
+  so the header of a static edge is the placeholder skeleton alone.
+- A value the communicator cannot take (a tensor on another device than ``device``)
+  is refused before anything is written: ValueNotSerializable, the channel stays in step.
+- The communicator belongs to the caller: closing a channel closes ``meta`` only.
+
+Tensors inside objects other than tuples, lists and dicts are not looked for: they
+travel inside the value, through ``meta``, as that channel carries any value.
 """
 
 from __future__ import annotations
@@ -16,11 +30,68 @@ from typing import Any
 
 from ._channel import Channel, wrong_end
 from ._communicator import Allocator, Communicator
-from ._deadline import deadline_after, remaining
-from ._errors import ChannelBroken
+from ._errors import ChannelBroken, ChannelError, ValueNotSerializable
 
-# (shape, dtype) both ends agree on, when the shape is static.
-Static = tuple[tuple[int, ...], Any]
+# (shape, dtype name) of each tensor of a value, in walk order.
+Meta = list[tuple[tuple[int, ...], str]]
+
+
+class _At:
+    """Where tensor ``i`` of the value was (the placeholder in the header)."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i: int):
+        self.i = i
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        return (_At, (self.i,))
+
+
+def _split(value: Any, torch: Any, out: list[Any]) -> Any:
+    """``value`` with every tensor in it (and its tuples, lists, dicts) replaced by an
+    ``_At``, appended to ``out``; containers without tensors are kept as they are."""
+    if isinstance(value, torch.Tensor):
+        out.append(value)
+        return _At(len(out) - 1)
+    if isinstance(value, (tuple, list)):
+        n = len(out)
+        items = [_split(v, torch, out) for v in value]
+        if len(out) == n:
+            return value
+        if isinstance(value, list):
+            return items
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    if isinstance(value, dict):
+        n = len(out)
+        pairs = [(k, _split(v, torch, out)) for k, v in value.items()]
+        return value if len(out) == n else dict(pairs)
+    return value
+
+
+def _join(skeleton: Any, tensors: list[Any]) -> Any:
+    """The value again: every ``_At`` in ``skeleton`` replaced by its tensor."""
+    if isinstance(skeleton, _At):
+        return tensors[skeleton.i]
+    if isinstance(skeleton, list):
+        return [_join(v, tensors) for v in skeleton]
+    if isinstance(skeleton, tuple):
+        items = [_join(v, tensors) for v in skeleton]
+        return type(skeleton)(*items) if hasattr(skeleton, "_fields") else tuple(items)
+    if isinstance(skeleton, dict):
+        return {k: _join(v, tensors) for k, v in skeleton.items()}
+    return skeleton
+
+
+def _plain(t: Any) -> Any:
+    """What is sent of tensor ``t``: its values, contiguous, no autograd state, lazy
+    conjugate/negative views resolved."""
+    t = t.detach()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    return t.contiguous()
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -28,120 +99,145 @@ def _dtype_name(dtype: Any) -> str:
 
 
 class TensorWriter(Channel):
-    """The write end: ``write(tensor)`` sends it to every reader rank.
+    """The write end: ``write(value)`` sends its tensors to every reader rank.
 
     Args:
-        comm: this member's communicator.
-        reader_ranks: the readers' ranks in ``comm``.
-        meta: the write end of a channel to every reader (None only with ``static``).
-        static: ``(shape, dtype)`` of every tensor, if fixed.
+        comm: this member's communicator (initialized).
+        reader_ranks: the readers' ranks in ``comm``, in the order of ``meta``'s readers.
+        meta: the write end of a channel to every reader: headers.
+        static_shape: send the metadata only when it changes.
+        device: the device type the communicator takes tensors on (``"cpu"``,
+            ``"cuda"``), or None to let it judge.
     """
 
     def __init__(
         self,
         comm: Communicator,
         reader_ranks: list[int],
-        meta: Channel | None = None,
+        meta: Channel,
         *,
-        static: Static | None = None,
+        static_shape: bool = False,
+        device: str | None = None,
     ):
-        if meta is None and static is None:
-            raise ValueError("a tensor channel needs a metadata channel unless its shape is static")
-        self._comm, self._readers, self._meta, self._static = comm, list(reader_ranks), meta, static
+        self._comm, self._readers, self._meta = comm, list(reader_ranks), meta
+        self._static, self._device = static_shape, device
+        self._last: Meta | None = None  # the metadata the readers have
 
     def write(self, value: object, timeout_s: float | None = None) -> None:
-        """Send tensor ``value`` to every reader.
+        """Send ``value``: its header through ``meta``, then its tensors.
 
         Raises:
-            TypeError: ``value`` is not a tensor.
-            ValueError: it breaks the static shape/dtype promise.
+            ValueNotSerializable: a tensor on another device than the communicator's
+                (nothing was written), or ``meta`` cannot take the rest of the value.
+            ChannelTimeout, ChannelClosed, ChannelBroken: from ``meta`` or the
+                communicator (a communicator that fails otherwise is ChannelBroken).
         """
         torch = sys.modules.get("torch")
-        if torch is None or not isinstance(value, torch.Tensor):
-            raise TypeError(
-                "a tensor channel carries torch tensors, got "
-                f"{type(value).__module__}.{type(value).__qualname__}"
-            )
-        deadline = deadline_after(timeout_s)
-        shape, dtype = tuple(value.shape), value.dtype
-        if self._static is not None:
-            promised = (tuple(self._static[0]), self._static[1])
-            if (shape, dtype) != promised:
-                raise ValueError(
-                    f"a tensor of shape {shape} and {dtype} broke the static shape promise {promised}: "
-                    "keep the shape fixed or drop _static_shape"
+        tensors: list[Any] = []
+        skeleton = value if torch is None else _split(value, torch, tensors)
+        for i, t in enumerate(tensors):
+            if self._device is not None and t.device.type != self._device:
+                raise ValueNotSerializable(
+                    f"tensor {i} of the value is on {t.device}, and this edge's communicator "
+                    f"({self._comm.get_transport_name()}) carries {self._device} tensors: move it there "
+                    "before returning it"
                 )
-        else:
-            assert self._meta is not None
-            self._meta.write((shape, _dtype_name(dtype)), _left(deadline))
-        self._comm.send_each(value, self._readers, _left(deadline))
+        sent = [_plain(t) for t in tensors]
+        meta: Meta = [(tuple(t.shape), _dtype_name(t.dtype)) for t in sent]
+        header = (skeleton, None if self._static and meta == self._last else meta)
+        self._meta.write(header, timeout_s)
+        self._last = meta
+        if sent:
+            _guard(
+                lambda: self._comm.send_batch([(t, r) for t in sent for r in self._readers]),
+                self._comm,
+                "send",
+            )
 
     def read(self, timeout_s: float | None = None) -> object:
         raise wrong_end(self, "read")
 
     def close(self) -> None:
         """Close the metadata channel (the communicator is the owner's to end)."""
-        if self._meta is not None:
-            self._meta.close()
+        self._meta.close()
 
 
 class TensorReader(Channel):
-    """A read end: ``read()`` receives the writer's next tensor.
+    """A read end: ``read()`` receives the writer's next value.
 
     Args:
-        comm: this member's communicator.
+        comm: this member's communicator (initialized).
         writer_rank: the writer's rank in ``comm``.
-        meta: this reader's end of the metadata channel (None only with ``static``).
-        static: ``(shape, dtype)`` of every tensor, if fixed.
-        allocator: ``allocator(shape, dtype)`` makes the tensor to receive into (e.g. on
-            this reader's GPU); the communicator's default if None.
+        meta: this reader's end of the header channel.
+        allocator: ``allocator(shape, dtype)`` makes the tensor to receive into (Ray's
+            ``TorchTensorAllocator``: e.g. on this reader's GPU); the communicator's
+            default if None.
+        recv_timeout_s: bound on receiving a value's tensors once its header came
+            (None: the communicator's default).
     """
 
     def __init__(
         self,
         comm: Communicator,
         writer_rank: int,
-        meta: Channel | None = None,
+        meta: Channel,
         *,
-        static: Static | None = None,
         allocator: Allocator | None = None,
+        recv_timeout_s: float | None = None,
     ):
-        if meta is None and static is None:
-            raise ValueError("a tensor channel needs a metadata channel unless its shape is static")
         self._comm, self._writer, self._meta = comm, writer_rank, meta
-        self._static, self._allocator = static, allocator
+        self._allocator, self._recv_timeout_s = allocator, recv_timeout_s
+        self._last: Meta | None = None
+        self._dtypes: dict[str, Any] = {}
 
     def read(self, timeout_s: float | None = None) -> object:
-        """The next tensor.
+        """The next value, its tensors received from the writer.
 
         Raises:
-            ChannelTimeout: nothing came in time (from the metadata channel, or the
-                communicator, which is then aborted).
-            ChannelBroken: the metadata is not a (shape, dtype) pair.
+            ChannelTimeout: no header within ``timeout_s`` (the channel is usable), or
+                no tensors within ``recv_timeout_s`` after it (the communicator is aborted).
+            ChannelBroken: the header is not one, or the communicator failed.
+            ChannelClosed: ``meta`` was closed or the communicator aborted.
         """
-        deadline = deadline_after(timeout_s)
-        if self._static is not None:
-            shape, dtype = self._static
-        else:
-            assert self._meta is not None
-            meta: Any = self._meta.read(_left(deadline))
-            try:
-                shape, name = meta
-                import torch
+        header: Any = self._meta.read(timeout_s)
+        try:
+            skeleton, meta = header
+            if meta is None:
+                meta = self._last
+            if meta is None:
+                raise ValueError("no metadata was ever sent")
+            recvs = [(tuple(shape), self._dtype(name), self._writer, self._allocator) for shape, name in meta]
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ChannelBroken(f"tensor channel: {header!r:.200} is not a header ({e})") from e
+        self._last = meta
+        if not recvs:
+            return skeleton
+        tensors = _guard(lambda: self._comm.recv_batch(recvs, self._recv_timeout_s), self._comm, "recv")
+        return _join(skeleton, tensors)
 
-                dtype = getattr(torch, str(name))
-            except (TypeError, ValueError, AttributeError) as e:
-                raise ChannelBroken(f"tensor channel: metadata {meta!r} is not a (shape, dtype) pair") from e
-        return self._comm.recv(tuple(shape), dtype, self._writer, self._allocator, _left(deadline))
+    def _dtype(self, name: str) -> Any:
+        dtype = self._dtypes.get(name)
+        if dtype is None:
+            import torch  # a reader of tensors has torch
+
+            dtype = self._dtypes[name] = getattr(torch, name)
+        return dtype
 
     def write(self, value: object, timeout_s: float | None = None) -> None:
         raise wrong_end(self, "write")
 
     def close(self) -> None:
-        if self._meta is not None:
-            self._meta.close()
+        self._meta.close()
 
 
-def _left(deadline: float) -> float | None:
-    left = remaining(deadline)
-    return None if left == float("inf") else left
+def _guard(call: Any, comm: Communicator, what: str) -> Any:
+    """A communicator call: its channel errors as they are; anything else a user's
+    communicator raises (the pairing of sends and receives is lost) is ChannelBroken."""
+    try:
+        return call()
+    except ChannelError:
+        raise
+    except Exception as e:
+        raise ChannelBroken(
+            f"communicator {comm.get_transport_name()!r} failed in {what}: {type(e).__name__}: {e}"
+        ) from e

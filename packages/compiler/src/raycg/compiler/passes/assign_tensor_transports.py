@@ -11,6 +11,13 @@ over. The result, ``node.meta["tensor_to"]``, maps each user to a ``TensorTransp
 
 A collective's ``transport=None`` ("auto") is chosen here too: NCCL when every member has
 a GPU, raycg's CPU communicator otherwise (``Collective.transport`` becomes "nccl" or "cpu").
+
+``default_communicator`` (``graph.meta["default_communicator"]``, a Communicator instance
+the user passed to compile): it carries what raycg would otherwise give NCCL, as in Ray:
+edges planned NCCL (``"nccl"``/``"accelerator"``, and ``"auto"`` between two GPU actors)
+become TENSOR_COMMUNICATOR over it, and so do collectives bound with ``transport=None`` or
+``"nccl"`` (``"cpu"`` stays raycg's CPU communicator). Its ends need no GPU: the instance
+decides where its tensors live. ``assign_communicators`` then checks its actors.
 """
 
 from __future__ import annotations
@@ -31,9 +38,12 @@ def assign_tensor_transports(graph: Graph) -> None:
     """
     for inp in graph.nodes_of("input"):
         _check_input_hints(inp)
+    default = graph.meta.get("default_communicator")
     for node in graph.nodes_of("collective"):
         collective = node.meta["collective"]
-        if collective.transport == "auto":
+        if default is not None and collective.transport in ("auto", "nccl"):
+            collective.transport, collective.communicator = "communicator", default
+        elif collective.transport == "auto":
             every_gpu = all(_has_gpu(member) for member in collective.members)
             collective.transport = "nccl" if every_gpu else "cpu"
     for node in graph.nodes:
@@ -41,7 +51,9 @@ def assign_tensor_transports(graph: Graph) -> None:
         if hint is None or node.op == "output":
             continue
         _check_device(node.display_name, hint)
-        node.meta["tensor_to"] = {user: _tensor_transport(node, user, hint) for user in node.users}
+        node.meta["tensor_to"] = {user: _tensor_transport(node, user, hint, default) for user in node.users}
+        if TensorTransport.TENSOR_COMMUNICATOR in node.meta["tensor_to"].values():
+            node.meta["communicator"] = hint.communicator if hint.communicator is not None else default
 
 
 def _check_input_hints(inp: Node) -> None:
@@ -63,12 +75,19 @@ def _check_device(written: str, hint: TensorHint) -> None:
         )
 
 
-def _tensor_transport(src: Node, dst: Node, hint: TensorHint) -> TensorTransport.ValueType:
+def _tensor_transport(
+    src: Node, dst: Node, hint: TensorHint, default: object = None
+) -> TensorTransport.ValueType:
     if src.meta["transport_to"][dst] == Transport.INPROC:
         return TensorTransport.TENSOR_SHM  # one actor: the object itself, wherever it is
     if hint.transport == "communicator":
         return TensorTransport.TENSOR_COMMUNICATOR
     gpu_ends = _has_gpu(src) and _has_gpu(dst)
+    planned_nccl = hint.transport == "accelerator" or (
+        hint.transport == "auto" and gpu_ends and hint.device != "cpu"
+    )
+    if default is not None and dst.actor is not None and planned_nccl:
+        return TensorTransport.TENSOR_COMMUNICATOR  # the user's default instead of NCCL
     if hint.transport == "accelerator":
         if not gpu_ends:
             who = next(_who(n) for n in (src, dst) if not _has_gpu(n))
