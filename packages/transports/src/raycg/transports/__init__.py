@@ -37,13 +37,20 @@ from ._shm_writer import ShmRingWriter
 from ._tensor_channel import TensorReader, TensorWriter
 
 if TYPE_CHECKING:
+    from ._cpu_comm_net import CpuNetCommunicator
+    from ._cpu_comm_net_node import CpuNetNode, CpuNetSpec, NetNodeSpec, join_specs
     from ._grpc_server import GrpcServer
     from ._grpc_stream import GrpcTarget
     from ._grpc_writer import GrpcChannelSpec, GrpcWriter
 
-# The cross-node channel's names load grpcio (~90 ms) on first use only: most processes
-# of a graph never send across nodes.
+# The cross-node channel's names (and the cross-node communicator's) load grpcio
+# (~90 ms) on first use only: most processes of a graph never send across nodes.
 _LAZY = {
+    "CpuNetCommunicator": "._cpu_comm_net",
+    "CpuNetNode": "._cpu_comm_net_node",
+    "CpuNetSpec": "._cpu_comm_net_node",
+    "NetNodeSpec": "._cpu_comm_net_node",
+    "join_specs": "._cpu_comm_net_node",
     "GrpcServer": "._grpc_server",
     "GrpcTarget": "._grpc_stream",
     "GrpcChannelSpec": "._grpc_writer",
@@ -65,6 +72,9 @@ __all__ = [
     "CpuCommGroup",
     "CpuCommSpec",
     "CpuCommunicator",
+    "CpuNetCommunicator",
+    "CpuNetNode",
+    "CpuNetSpec",
     "ForeignCommunicator",
     "NcclCommunicator",
     "ReduceOp",
@@ -84,12 +94,14 @@ __all__ = [
     "ShmRingReader",
     "ShmRingSpec",
     "ShmRingWriter",
+    "NetNodeSpec",
     "SlotPinned",
     "TensorReader",
     "TensorWriter",
     "ValueNotSerializable",
     "deadline_after",
     "is_process_alive",
+    "join_specs",
     "nccl_unique_id",
     "open_reader",
     "open_writer",

@@ -330,30 +330,8 @@ class CpuCommunicator(Communicator):
     def _buffers(
         self, send_buf: Any, recv_buf: Any, ratio: int, op: ReduceOp | None, what: str
     ) -> tuple[Any, Any, Callable[[], None]]:
-        """Flat views of the buffers, checked; ``finish()`` copies a staged result back.
-
-        ``ratio``: send elements = ratio x recv elements (negative: recv = -ratio x send).
-        """
         self._check_open()
-        _check_cpu(send_buf, what)
-        _check_cpu(recv_buf, what)
-        if send_buf.dtype != recv_buf.dtype:
-            raise TypeError(f"{what}: send_buf is {send_buf.dtype} but recv_buf is {recv_buf.dtype}")
-        n_send, n_recv = send_buf.numel(), recv_buf.numel()
-        if (ratio > 0 and n_send != ratio * n_recv) or (ratio < 0 and n_recv != -ratio * n_send):
-            want = f"{ratio} x" if ratio > 0 else f"1/{-ratio} of"
-            raise ValueError(
-                f"{what}: send_buf has {n_send} elements, recv_buf {n_recv}: send_buf must have {want} "
-                f"recv_buf's (world_size {self.spec.world_size})"
-            )
-        torch = _torch()
-        if op is ReduceOp.AVG and not (send_buf.dtype.is_floating_point or send_buf.dtype.is_complex):
-            raise TypeError(f"{what}: AVG of {send_buf.dtype} tensors: use a floating-point dtype")
-        send = send_buf.detach().reshape(-1)
-        if recv_buf.is_contiguous():
-            return send, recv_buf.view(-1), lambda: None
-        staged = torch.empty(n_recv, dtype=recv_buf.dtype)
-        return send, staged, lambda: recv_buf.copy_(staged.view(recv_buf.shape))
+        return flat_buffers(send_buf, recv_buf, ratio, op, what, self.spec.world_size)
 
     def _timeout(self, timeout_s: float | None) -> float | None:
         return self.timeout_s if timeout_s is None else timeout_s
@@ -402,6 +380,39 @@ class CpuCommunicator(Communicator):
         seg, self._seg = self._seg, None
         if seg is not None:
             seg.close()
+
+
+def flat_buffers(
+    send_buf: Any, recv_buf: Any, ratio: int, op: ReduceOp | None, what: str, world_size: int
+) -> tuple[Any, Any, Callable[[], None]]:
+    """Flat views of a collective's buffers, checked; ``finish()`` copies a staged result
+    back (into a non-contiguous ``recv_buf``).
+
+    ``ratio``: send elements = ratio x recv elements (negative: recv = -ratio x send).
+
+    Raises:
+        TypeError: not CPU torch tensors, different dtypes, AVG of integers.
+        ValueError: the element counts do not match ``ratio``.
+    """
+    _check_cpu(send_buf, what)
+    _check_cpu(recv_buf, what)
+    if send_buf.dtype != recv_buf.dtype:
+        raise TypeError(f"{what}: send_buf is {send_buf.dtype} but recv_buf is {recv_buf.dtype}")
+    n_send, n_recv = send_buf.numel(), recv_buf.numel()
+    if (ratio > 0 and n_send != ratio * n_recv) or (ratio < 0 and n_recv != -ratio * n_send):
+        want = f"{ratio} x" if ratio > 0 else f"1/{-ratio} of"
+        raise ValueError(
+            f"{what}: send_buf has {n_send} elements, recv_buf {n_recv}: send_buf must have {want} "
+            f"recv_buf's (world_size {world_size})"
+        )
+    torch = _torch()
+    if op is ReduceOp.AVG and not (send_buf.dtype.is_floating_point or send_buf.dtype.is_complex):
+        raise TypeError(f"{what}: AVG of {send_buf.dtype} tensors: use a floating-point dtype")
+    send = send_buf.detach().reshape(-1)
+    if recv_buf.is_contiguous():
+        return send, recv_buf.view(-1), lambda: None
+    staged = torch.empty(n_recv, dtype=recv_buf.dtype)
+    return send, staged, lambda: recv_buf.copy_(staged.view(recv_buf.shape))
 
 
 def _check_cpu(tensor: Any, what: str) -> None:

@@ -25,7 +25,7 @@ import itertools
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _futex, _liveness
@@ -128,12 +128,18 @@ class MemberSegment:
     """Rank ``rank``'s view of its group's segment: registers the member (pid), marks
     its progress, waits for the others'.
 
+    Args:
+        spec, rank: the group and this member's rank in it.
+        labels: how errors name each rank (a cross-node group's ranks here are its
+            members on one node: their ranks in the whole group); the ranks if None.
+
     Raises:
         ChannelBroken: the owner is gone, or the segment is not this group's.
     """
 
-    def __init__(self, spec: CpuCommSpec, rank: int):
+    def __init__(self, spec: CpuCommSpec, rank: int, labels: Sequence[int] | None = None):
         self.spec, self.rank = spec, rank
+        self._labels = list(labels) if labels is not None else list(range(spec.world_size))
         self._seg = Segment.open(spec.pid, spec.fd, spec.size_bytes)
         view = self._seg.view
         assert view is not None
@@ -179,10 +185,17 @@ class MemberSegment:
         _futex.bump_and_wake(self._futex_addr)
 
     def wait_all(
-        self, field: int, epoch: int, deadline: float, what: str, on_fault: Callable[[], None]
+        self,
+        field: int,
+        epoch: int,
+        deadline: float,
+        what: str,
+        on_fault: Callable[[], None],
+        poll: Callable[[], None] | None = None,
     ) -> None:
         """Until every member's ``field`` >= ``epoch``. ``on_fault()`` (the member's
-        abort) runs before a timeout or a death is raised.
+        abort) runs before a timeout or a death is raised; ``poll()``, if given, runs
+        between sleeps and may raise (a cross-node leader checks its links there).
 
         Raises:
             ChannelTimeout: past ``deadline``, naming the members that never joined.
@@ -216,11 +229,14 @@ class MemberSegment:
             if left <= 0:
                 on_fault()
                 raise ChannelTimeout(
-                    f"communicator {self.spec.name!r}: rank {self.rank} timed out in {what}: "
-                    f"rank(s) {', '.join(map(str, late))} never joined; the communicator is aborted"
+                    f"communicator {self.spec.name!r}: rank {self._labels[self.rank]} timed out in "
+                    f"{what}: rank(s) {', '.join(str(self._labels[r]) for r in late)} never joined; "
+                    "the communicator is aborted"
                 )
             _futex.futex_wait(self._futex_addr, seen, min(left, _LIVENESS_INTERVAL_S))
             self._check_alive(late, on_fault)
+            if poll is not None:
+                poll()
 
     def _check_alive(self, ranks: list[int], on_fault: Callable[[], None]) -> None:
         for r in ranks:
@@ -228,7 +244,9 @@ class MemberSegment:
             pid, start = self._i[(line + _PID) // 4], self._q[(line + _START) // 8]
             if pid and not _liveness.is_alive(pid, start):
                 on_fault()
-                raise ChannelBroken(f"communicator {self.spec.name!r}: rank {r} (pid {pid}) died")
+                raise ChannelBroken(
+                    f"communicator {self.spec.name!r}: rank {self._labels[r]} (pid {pid}) died"
+                )
 
     def close(self) -> None:
         """Drop every view of the segment, then the segment. Idempotent."""
