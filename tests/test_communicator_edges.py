@@ -11,6 +11,7 @@
 - Bad communicators are refused at compile, naming them.
 - A writer that stalls in its send: ``RayChannelTimeoutError`` within the get timeout;
   teardown returns; nothing stays blocked.
+- The NCCL edge itself between two GPU actors (``gpu``: skipped without 2 GPUs and cupy).
 """
 
 from __future__ import annotations
@@ -233,6 +234,11 @@ def test_bad_communicators_are_refused_at_compile_naming_them(actors: list) -> N
         dag = a.echo.bind(inp).with_tensor_transport(transport=CpuTwin([a, b]))
     with pytest.raises(ValueError, match=r"the driver cannot take part in a communicator"):
         raycg.compile(dag)
+    with InputNode() as inp:  # nor as the writer
+        inp.with_tensor_transport(transport=CpuTwin([a, b]))
+        dag = a.echo.bind(inp)
+    with pytest.raises(ValueError, match=r"DAG inputs cannot be transferred via a communicator"):
+        raycg.compile(dag)
 
     class Lying(CpuTwin):
         def get_world_size(self) -> int:
@@ -260,6 +266,43 @@ def test_a_writer_that_never_sends_times_out_and_teardown_returns(ray_local: Non
             ray.get(graph.execute(torch.ones(2)))
         graph.teardown()  # returns: the communicator is aborted, nothing stays blocked
         assert not actor_running_graphs(a) and not actor_running_graphs(b)
+    finally:
+        ray.kill(a)
+        ray.kill(b)
+
+
+def _gpus() -> int:
+    import importlib.util
+
+    return torch.cuda.device_count() if importlib.util.find_spec("cupy") and torch.cuda.is_available() else 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpus() < 2, reason="needs 2 GPUs and cupy-cuda12x")
+@pytest.mark.parametrize("static", [False, True])
+def test_a_nccl_edge_between_gpu_actors(ray_local: None, static: bool) -> None:
+    """The GPU run of test_the_nccl_edge_path_on_its_cpu_twin_carries_values_with_tensors."""
+
+    @ray.remote(num_gpus=1)
+    class OnGpu:
+        def make(self, n: int) -> Any:
+            return {"x": torch.arange(n, dtype=torch.float32, device="cuda"), "n": n}
+
+        def check(self, value: Any) -> Any:
+            assert value["x"].device.type == "cuda"
+            return value["x"].cpu(), value["n"]
+
+    a, b = OnGpu.remote(), OnGpu.remote()
+    try:
+        with InputNode() as inp:
+            dag = b.check.bind(a.make.bind(inp).with_tensor_transport(transport="nccl", _static_shape=static))
+        graph = raycg.compile(dag, get_timeout=60)
+        try:
+            for n in (4, 4) if static else (3, 0, 7):
+                t, got_n = ray.get(graph.execute(n))
+                assert got_n == n and torch.equal(t, torch.arange(n, dtype=torch.float32))
+        finally:
+            graph.teardown()
     finally:
         ray.kill(a)
         ray.kill(b)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from raycg.transports import ChannelClosed, ShmRing
+from raycg.transports import ChannelClosed, ChannelError, ShmRing
 from raycg.transports._cpu_comm import CpuCommGroup
 
 torch = pytest.importorskip("torch")
@@ -175,7 +175,50 @@ def _job_stall(comm: Any, rank: int, device: str, extra: Any) -> Any:
     return (*outcome, "then open")
 
 
-JOBS = {"collectives": _job_collectives, "p2p": _job_p2p, "channel": _job_channel, "stall": _job_stall}
+def _job_transfer_stall(comm: Any, rank: int, device: str, meta: Any) -> Any:
+    """The writer sends a value's header and never its tensor: the reader's bounded
+    receive times out and aborts the communicator; the writer then finds it closed."""
+    from raycg.transports import ShmRingReader, ShmRingWriter
+    from raycg.transports._tensor_channel import TensorReader, TensorWriter
+
+    if rank == 0:
+        w = TensorWriter(comm, [1], ShmRingWriter(meta))
+        comm.send_batch = lambda sends, timeout_s=None: time.sleep(8)  # never joins the transfer
+        w.write({"t": torch.ones(4, device=device)}, timeout_s=30)
+        try:  # CPU: the reader's abort closed the group for every member; NCCL: the
+            # peer's ncclCommAbort makes this member's next call fail, or time out
+            comm.allreduce(torch.ones(1, device=device), torch.empty(1, device=device), timeout_s=5)
+        except ChannelClosed:
+            return ("stalled", "then closed")
+        except ChannelError:
+            return ("stalled", "then failed")
+        return ("stalled", "then open")
+    r = TensorReader(comm, 0, ShmRingReader(meta, 0), recv_timeout_s=2)
+    t0 = time.monotonic()
+    try:
+        r.read(timeout_s=30)
+        return ("ok",)
+    except Exception as e:
+        return (type(e).__name__, time.monotonic() - t0, "aborted" if _aborted(comm, device) else "open")
+
+
+def _aborted(comm: Any, device: str) -> bool:
+    try:
+        comm.allreduce(torch.ones(1, device=device), torch.empty(1, device=device), timeout_s=1)
+    except ChannelClosed:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+JOBS = {
+    "collectives": _job_collectives,
+    "p2p": _job_p2p,
+    "channel": _job_channel,
+    "stall": _job_stall,
+    "transfer_stall": _job_transfer_stall,
+}
 
 
 def _member(kind: str, group: Any, rank: int, job: str, extra: Any, conn: Any) -> None:
@@ -247,3 +290,13 @@ def test_nccl_module_imports_without_cupy_and_says_what_to_install() -> None:
         pytest.skip("cupy is installed here")
     with pytest.raises(ImportError, match=r"raycg\[gpu\]"):
         _nccl.nccl_unique_id()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_writer_that_never_sends_its_tensors_times_out_the_reader_and_aborts(kind: str) -> None:
+    with ShmRing(4, 1, name="twin.stall") as meta:
+        writer, reader = _run(kind, "transfer_stall", meta.spec)
+    assert reader[0] == "ChannelTimeout" and reader[1] < 30 and reader[2] == "aborted", reader
+    assert writer == ("stalled", "then closed") or (
+        kind == "nccl" and writer == ("stalled", "then failed")
+    ), writer

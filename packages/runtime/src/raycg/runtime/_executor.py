@@ -135,6 +135,9 @@ class Executor:
             self.tasks = self._build(setup, instance)
         except BaseException:
             self.close()
+            for coll in self.collectives:  # no loop will run: leave the groups joined so far
+                coll.destroy()
+            self.groups.destroy()
             raise
         self.nvals = len(self._index)
         self.thread = threading.Thread(target=self._run, name=f"raycg-{self.graph_id[:8]}", daemon=True)

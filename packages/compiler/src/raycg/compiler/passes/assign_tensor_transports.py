@@ -59,9 +59,10 @@ def assign_tensor_transports(graph: Graph) -> None:
 def _check_input_hints(inp: Node) -> None:
     for written, hint in inp.meta.get("input_hints", []):
         _check_device(written, hint)
-        if hint.transport == "accelerator":
+        if hint.transport in ("accelerator", "communicator"):
+            via = "accelerator" if hint.transport == "accelerator" else "a communicator"
             raise ValueError(
-                "DAG inputs cannot be transferred via accelerator because the driver cannot "
+                f"DAG inputs cannot be transferred via {via} because the driver cannot "
                 f"participate in the communicator group: {hint.written}; use transport='auto' "
                 "or 'shm' on the input (a GPU reader then gets the tensor on its GPU with device='gpu')"
             )
