@@ -176,3 +176,45 @@ def test_the_only_reader_gets_writable_views_of_the_shared_slot() -> None:
             del got
         writer.close()
         reader.close()
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: np.ones(N, np.float32), lambda: torch.ones(N)], ids=["numpy", "torch"]
+)
+def test_the_only_readers_tensor_costs_what_an_array_costs(make: Any) -> None:
+    # The same exporter for both (the C Pin, writable for the tensor): no Python-level
+    # finalizer per value, whose registration and call an array's read does not pay.
+    import weakref
+
+    with ShmRing(2, 1, slot_bytes=1 << 16, name="cost") as ring:
+        writer, reader = ring.open_writer(), ring.open_reader(0)
+        value = make()
+        writer.write((False, value))
+        reader.read()  # the first maps the grown generation (its finalizer); dropped
+        writer.write((False, value))
+        finalizers = len(weakref.finalize._registry)  # type: ignore[attr-defined]
+        got = reader.read()[1]
+        assert len(weakref.finalize._registry) == finalizers  # type: ignore[attr-defined]
+        address = got.data_ptr() if isinstance(got, torch.Tensor) else got.ctypes.data
+        assert "raycg:cost.data" in _mapping(address)  # zero copy, both
+        assert reader.pinned() != []
+        del got
+        assert reader.pinned() == []
+        writer.close()
+        reader.close()
+
+
+def test_a_pin_is_read_only_unless_asked_writable() -> None:
+    import ctypes
+
+    from raycg.transports import _native
+
+    buf = (ctypes.c_char * 64)()
+    seen: list[int] = []
+    assert memoryview(_native.Pin(buf, ctypes.addressof(buf), 64, 7, seen.append)).readonly
+    pin = _native.Pin(buf, ctypes.addressof(buf), 64, 8, seen.append, True)
+    view = memoryview(pin)
+    view[0] = 1
+    assert not view.readonly and buf.raw[0] == 1
+    del view, pin
+    assert seen == [7, 8]

@@ -180,22 +180,26 @@ PyTypeObject ReaderCoreType = {
 
 /* ---- Pin ------------------------------------------------------------------------- */
 
-/* Pin(keep, addr, nbytes, seq, callback): a read-only buffer over shared memory. It
- * keeps ``keep`` (the mapping's exporter) alive, and when the last view of it dies it
- * calls callback(seq): that is how a zero-copy value unpins its slot. */
+/* Pin(keep, addr, nbytes, seq, callback, writable=False): a buffer over shared memory,
+ * read-only unless ``writable`` (the tensors of a ring with one reader, whose writes
+ * into its own value's region reach nobody: _tensor_cow.py). It keeps ``keep`` (the
+ * mapping's exporter) alive, and when the last view of it dies it calls
+ * callback(seq): that is how a zero-copy value unpins its slot. */
 typedef struct {
     PyObject_HEAD
     PyObject *keep, *callback;
     char *addr;
     Py_ssize_t nbytes;
     unsigned long long seq;
+    int readonly;
 } Pin;
 
 static PyObject *Pin_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     PyObject *keep, *callback;
     unsigned long long addr, seq;
     Py_ssize_t nbytes;
-    if (!PyArg_ParseTuple(args, "OKnKO", &keep, &addr, &nbytes, &seq, &callback)) return NULL;
+    int writable = 0;
+    if (!PyArg_ParseTuple(args, "OKnKO|p", &keep, &addr, &nbytes, &seq, &callback, &writable)) return NULL;
     Pin *self = (Pin *)type->tp_alloc(type, 0);
     if (self == NULL) return NULL;
     self->keep = Py_NewRef(keep);
@@ -203,6 +207,7 @@ static PyObject *Pin_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     self->addr = (char *)(uintptr_t)addr;
     self->nbytes = nbytes;
     self->seq = seq;
+    self->readonly = !writable;
     return (PyObject *)self;
 }
 
@@ -225,7 +230,7 @@ static void Pin_dealloc(Pin *self) {
 }
 
 static int Pin_getbuffer(Pin *self, Py_buffer *view, int flags) {
-    return PyBuffer_FillInfo(view, (PyObject *)self, self->addr, self->nbytes, 1, flags);
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->addr, self->nbytes, self->readonly, flags);
 }
 
 static PyBufferProcs Pin_as_buffer = {(getbufferproc)Pin_getbuffer, NULL};

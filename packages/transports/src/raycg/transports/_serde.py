@@ -58,6 +58,18 @@ def _tensor_bytes(t: Any, torch: Any) -> Any:
     """The bytes of CPU tensor ``t`` as a flat uint8 numpy array, with no copy where
     ``t`` is contiguous already: values only (no autograd state), lazy conj/neg views
     materialized, any dtype (a uint8 view needs none of numpy's dtypes)."""
+    try:
+        # The common case in two calls, as an array's: numpy() refuses a tensor that
+        # requires grad, has a lazy conj/neg bit, or has a dtype numpy lacks.
+        arr = t.numpy()
+    except (RuntimeError, TypeError):
+        return _tensor_bytes_slow(t, torch)
+    if not arr.flags.c_contiguous:
+        return _tensor_bytes_slow(t, torch)
+    return arr.reshape(-1).view("u1")  # no copy: contiguous
+
+
+def _tensor_bytes_slow(t: Any, torch: Any) -> Any:
     t = t.detach()
     if t.is_conj():
         t = t.resolve_conj()
@@ -98,7 +110,8 @@ def _rebuild_tensor(buf: Any, dtype_name: str, shape: tuple[int, ...]) -> Any:
         return torch.empty(shape, dtype=dtype)
     if view.readonly:
         buf = bytearray(view)
-    return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(shape)
+    t = torch.frombuffer(buf, dtype=dtype)
+    return t if len(shape) == 1 else t.view(shape)
 
 
 class _Pickler(pickle.Pickler):
@@ -239,7 +252,7 @@ def describe(value: object) -> str:
             return f"numpy.ndarray(shape={v.shape}, dtype={_dtype_name(v.dtype)})"
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(v, torch.Tensor):
-            return f"torch.Tensor(shape={tuple(v.shape)}, dtype={v.dtype})"
+            return f"torch.Tensor(shape={tuple(v.shape)}, dtype={_dtype_name(v.dtype)})"
         if isinstance(v, (list, tuple)):
             stack.extend(reversed(v))
         elif isinstance(v, dict):

@@ -238,16 +238,17 @@ class ShmRingReader(_Endpoint):
         # Zero copy: one read-only view of the slot, exported by a Pin (C) that keeps
         # the mapping alive and unpins the slot when the last view of it dies. Tensors
         # (torch cannot make them read-only) get a writable view instead: copy-on-write
-        # where other readers share the slot (_tensor_cow).
+        # where other readers share the slot (_tensor_cow); with no other reader, a
+        # writable Pin, at exactly an array's cost (see _tensor_cow for why it is safe).
         with self._pin_lock:
             self._pinned[seq] = "a zero-copy value being decoded"
         nbytes = table[-2] + table[-1]
-        if tensors:
+        if tensors and private:
             pin = None
             unpin = functools.partial(self._unpin, seq)
-            pv = _tensor_cow.open_view(mm, seg, base, nbytes, unpin, private=private)
+            pv = _tensor_cow.open_view(seg, base, nbytes, unpin)
         else:
-            pin = _native.Pin(mm, address + base, nbytes, seq, self._unpin)
+            pin = _native.Pin(mm, address + base, nbytes, seq, self._unpin, tensors)
             pv = memoryview(pin)
         bufs2 = [pv[o : o + n] for o, n in zip(table[0::2], table[1::2])]
         try:

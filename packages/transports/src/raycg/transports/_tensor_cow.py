@@ -24,7 +24,8 @@ copy instead (:func:`supported`).
 A ring with one reader needs none of this: what its reader writes into its own value's
 region reaches nobody (the writer's tensor is elsewhere and the region is rewritten
 only after the reader dropped the value), so its tensors are writable views of the
-shared mapping, at numpy's cost (checking for copied pages costs tens of ns a page).
+shared mapping, exported by the same C Pin as a numpy array's read-only view
+(_shm_reader.py): exactly numpy's cost.
 
 Why hand-written: no library maps part of a memfd copy-on-write with a release hook.
 """
@@ -141,13 +142,9 @@ def supported(offset: int, region_bytes: int) -> bool:
     return offset % PAGE_BYTES == 0 and region_bytes % PAGE_BYTES == 0
 
 
-def open_view(
-    mm: Any, seg: Segment, offset: int, nbytes: int, on_release: Callable[[], None], *, private: bool
-) -> memoryview:
-    """A writable view of ``nbytes`` at ``offset`` of ``seg`` (whose shared mapping's
-    exporter is ``mm``, held by the caller): copy-on-write if
-    ``private``, else of the shared mapping itself (for a ring with one reader, whose
-    writes into its own value's region can reach nobody else).
+def open_view(seg: Segment, offset: int, nbytes: int, on_release: Callable[[], None]) -> memoryview:
+    """A writable, copy-on-write view of ``nbytes`` at ``offset`` of ``seg`` (a ring with
+    one reader needs none: its reader views the shared mapping through a writable Pin).
 
     When the view and everything made from it are garbage, the region's copied pages
     are dropped, then ``on_release()`` runs (in whichever thread dropped the last one).
@@ -155,10 +152,6 @@ def open_view(
     Raises:
         ChannelBroken: the process holding the segment is gone.
     """
-    if not private:
-        exporter = (ctypes.c_char * max(nbytes, 1)).from_buffer(mm, offset)  # keeps ``mm``
-        weakref.finalize(exporter, on_release).atexit = False
-        return memoryview(exporter).cast("B")[:nbytes]
     mapping = _PRIVATE.get(seg)
     if mapping is None:
         mapping = _PRIVATE[seg] = _Private(seg)
