@@ -213,6 +213,24 @@ def test_a_users_communicators_carry_edges_and_a_collective_in_one_graph(ray_loc
             g.close()
 
 
+@pytest.mark.usefixtures("no_leaks")
+def test_a_collective_over_rays_cpu_communicator_runs_every_kind(actors: list) -> None:
+    from ray.experimental.channel.cpu_communicator import CPUCommunicator
+
+    a, b = actors[:2]
+    comm = CPUCommunicator(2, [a, b])
+    with InputNode() as inp:
+        made = [a.echo.bind(inp), b.echo.bind(inp)]
+        gathered = raycg.collective.allgather.bind(made, transport=comm)
+        dag = MultiOutputNode(raycg.collective.broadcast.bind(gathered, src_rank=1, transport=comm))
+    graph = raycg.compile(dag, get_timeout=60)
+    try:
+        got = ray.get(graph.execute(torch.arange(2.0)))
+        assert [t.tolist() for t in got] == [[0.0, 1.0, 0.0, 1.0]] * 2
+    finally:
+        graph.teardown()
+
+
 def test_bad_communicators_are_refused_at_compile_naming_them(actors: list) -> None:
     a, b, c = actors[:3]
     with InputNode() as inp:

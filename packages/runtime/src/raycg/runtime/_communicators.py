@@ -11,7 +11,9 @@ instance, as the caller sets them up (the actor side is ``_comm_groups``).
   which ``initialize(rank)``s it once, however many edges and collectives use it.
   - Ray's own ``CPUCommunicator`` moves nothing itself in Ray's Compiled Graph (its send
     and recv only synchronize, the tensors going through Ray's shared-memory channel), so
-    raycg sends such an edge's tensors inside the value, through the edge's ring.
+    raycg sends such an edge's tensors inside the value, through the edge's ring; a
+    collective over it runs with raycg's CPU communicator (all four kinds and the
+    failure exchange, where Ray's does allreduce only).
   - :class:`CpuTwin` stands for raycg's own CPU communicator: the caller makes a
     ``CpuCommGroup`` for it (owned here, like every ring) and its members join it as
     they join a NCCL group. The NCCL path and this one are the same code with another
@@ -205,7 +207,9 @@ def make_groups(
         members = _members(plan, cid)
         inst = comms[cid]
         spec: Any
-        if isinstance(inst, CpuTwin):
+        # Ray's CPUCommunicator in a collective: its own does allreduce only (through a
+        # barrier actor), so raycg's CPU communicator stands in for it, as for CpuTwin.
+        if isinstance(inst, CpuTwin) or is_ray_cpu_communicator(inst):
             group = CpuCommGroup(
                 len(members), capacity_bytes=TWIN_CAPACITY_BYTES, name=f"{plan.graph_id[:8]}.{cid}"
             )
