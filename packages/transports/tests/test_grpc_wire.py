@@ -117,6 +117,21 @@ def test_hello() -> None:
         wire.parse_hello(bad_version)
 
 
+def test_a_small_value_is_one_message_either_way() -> None:
+    meta = b"x" * 100
+    assert [wire.single_frame(7, meta)] == wire.frames(7, meta, [], 4096)
+    assembler = wire.Assembler("edge")
+    assembler.next_seq = 7
+    got_meta, bufs = assembler.add(wire.single_frame(7, meta))  # type: ignore[misc]
+    assert bytes(got_meta) == meta and bufs == []
+
+
+def test_attach() -> None:
+    assert wire.parse_attach(wire.attach("a.b")) == "a.b"
+    with pytest.raises(ChannelBroken, match="did not start with its channel id"):
+        wire.parse_attach(wire.hello("a.b", 4))
+
+
 def test_unexpected_message_kind() -> None:
     with pytest.raises(ChannelBroken, match="unexpected message"):
         wire.Assembler("edge").add(b"Zzz")

@@ -24,8 +24,10 @@ import os
 from collections.abc import Mapping
 
 SERVICE = "raycg.Stream"
-METHOD = "Open"
+METHOD = "Open"  # a stream's credits call (its values call: SEND_METHOD); see _grpc_wire
 METHOD_PATH = f"/{SERVICE}/{METHOD}"
+SEND_METHOD = "Send"
+SEND_METHOD_PATH = f"/{SERVICE}/{SEND_METHOD}"
 
 # Ray's defaults (src/ray/common/ray_config_def.h): the GCS checks a node's raylet every
 # period, gives each check its timeout, and declares the node dead after `threshold`

@@ -1,12 +1,13 @@
 """The receiving end of one gRPC stream: values from another node into a local ring.
 
 The receiver is the write end of a shared-memory ring on its node, so the readers
-there read as on one node, zero-copy. Two threads serve a stream:
+there read as on one node, zero-copy. Two of gRPC's handler threads serve a stream,
+one per call (_grpc_wire.py):
 
-- *intake* (our thread) reads the writer's messages, reassembles each value and
-  writes it into the ring. It never waits for room: the writer only sends a value
-  the ring has a free slot for (below).
-- *credits* (gRPC's handler thread, iterating :meth:`Receiver.serve`) tells the writer
+- *intake* (the values call's, in :meth:`Receiver.take`) reads the writer's messages,
+  reassembles each value and writes it into the ring. It never waits for room: the
+  writer only sends a value the ring has a free slot for (below).
+- *credits* (the credits call's, iterating :meth:`Receiver.serve`) tells the writer
   how many values every reader released, as soon as that grows: the writer may have at
   most ``nslots`` values beyond it. So the writer blocks exactly when the remote ring
   is full, as it would on a local ring, and a slow reader holds it back instead of
@@ -136,23 +137,43 @@ class Receiver:
         self._written = 0
         self._reported = 0  # the credit last sent: the writer may send below it + nslots
         self._outcome: tuple[bytes, str] | None = None
+        self._serving = True  # until serve ends: a values call may attach meanwhile
+        self._attached = False
+        self._intake_done = threading.Event()
 
-    def serve(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
-        """The stream's responses (credits, then how it ended), while the intake thread
-        writes its values into the ring."""
-        intake = threading.Thread(
-            target=self._take, args=(requests,), name=f"raycg-grpc-intake:{self._name}", daemon=True
-        )
-        intake.start()
+    def serve(self, context: Any) -> Iterator[bytes]:
+        """The credits call's responses: credits, then how the stream ended. Once it has
+        ended, waits (a few seconds at most) for the intake to end, then closes the
+        ring's write end."""
         try:
             yield from self._credits(context)
         finally:
-            # Ends the intake too: once this generator returns, the call completes and
-            # the request iterator stops.
             self._end(wire.END_BROKEN, "the stream was cancelled")
-            if threading.current_thread() is not intake:
-                intake.join(POLL_S * 50)
+            with self._lock:
+                self._serving = False
+                attached = self._attached
+            # The intake ends once the writer ends its values call: at the end message
+            # just sent, or when the connection fails (keepalives: a few seconds).
+            if attached:
+                self._intake_done.wait(POLL_S * 50)
             self._feed.close()
+
+    def attach(self) -> bool:
+        """Let one values call be the intake; False once the stream has ended (or another
+        values call came first)."""
+        with self._lock:
+            if self._attached or not self._serving:
+                return False
+            self._attached = True
+            return True
+
+    def take(self, requests: Iterator[bytes]) -> None:
+        """The intake: the values call's messages into the ring, until the writer's close
+        or the call's end (run on the values call's thread, once :meth:`attach` said so)."""
+        try:
+            self._take(requests)
+        finally:
+            self._intake_done.set()
 
     def _end(self, kind: bytes, message: str) -> None:
         """Record how the stream ended (the first call wins) and tell the ring's readers."""

@@ -1,13 +1,15 @@
 """A process's gRPC server: where the streams of other nodes' writers arrive.
 
 One per process that receives (at most one is needed per node). Each incoming
-stream names, in its first message, the ring it feeds; the ring is registered
-beforehand with :meth:`GrpcServer.add_ring` by the process that set it up on this node.
+stream (two calls: _grpc_wire.py) names the ring it feeds, in its credits call's
+request and its values call's first message; the ring is registered beforehand with
+:meth:`GrpcServer.add_ring` by the process that set it up on this node.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -16,11 +18,11 @@ import grpc
 
 from . import _grpc_wire as wire
 from ._errors import ChannelBroken, ChannelError
-from ._grpc_config import METHOD, REGISTER_TIMEOUT_S, SERVER_OPTIONS, SERVICE
+from ._grpc_config import METHOD, POLL_S, REGISTER_TIMEOUT_S, SEND_METHOD, SERVER_OPTIONS, SERVICE
 from ._grpc_receiver import Receiver, RingFeed
 from ._shm_ring import ShmRingSpec
 
-# Each stream holds one of the server's handler threads for its whole life.
+# Each stream holds two of the server's handler threads (one per call) for its whole life.
 DEFAULT_MAX_STREAMS = 64
 
 
@@ -48,15 +50,18 @@ class GrpcServer:
     ):
         self._rings: dict[str, ShmRingSpec] = {}
         self._taken: set[str] = set()
+        self._receivers: dict[str, Receiver] = {}  # streams whose values call may attach
         self._register_timeout_s = register_timeout_s
         self._stopped = False
         self._cond = threading.Condition()
-        self._pool = futures.ThreadPoolExecutor(max_streams, thread_name_prefix="raycg-grpc-stream")
-        self._server = grpc.server(self._pool, options=SERVER_OPTIONS, maximum_concurrent_rpcs=max_streams)
-        handler = grpc.stream_stream_rpc_method_handler(self._open)  # raw bytes both ways
-        self._server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler})]
-        )
+        calls = 2 * max_streams
+        self._pool = futures.ThreadPoolExecutor(calls, thread_name_prefix="raycg-grpc-stream")
+        self._server = grpc.server(self._pool, options=SERVER_OPTIONS, maximum_concurrent_rpcs=calls)
+        handlers = {  # raw bytes both ways
+            METHOD: grpc.unary_stream_rpc_method_handler(self._open),
+            SEND_METHOD: grpc.stream_unary_rpc_method_handler(self._send),
+        }
+        self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
         host = address.rsplit(":", 1)[0]
         try:
             port = self._server.add_insecure_port(address)
@@ -95,18 +100,58 @@ class GrpcServer:
             self._rings.pop(channel_id, None)
             self._taken.discard(channel_id)
 
-    def _open(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
-        """The handler of every stream: find its ring, then serve it."""
+    def _open(self, request: bytes, context: Any) -> Iterator[bytes]:
+        """A stream's credits call: find its ring, then serve its credits."""
         try:
-            channel_id, nslots = wire.parse_hello(next(requests))
+            channel_id, nslots = wire.parse_hello(request)
             spec = self._claim(channel_id, nslots)
             feed = RingFeed(spec)
         except ChannelError as e:
             yield wire.end(wire.END_BROKEN, str(e))
             return
-        except (StopIteration, grpc.RpcError):
-            return  # the writer left before it said which ring
-        yield from Receiver(feed, spec.name, spec.nslots).serve(requests, context)
+        receiver = Receiver(feed, spec.name, spec.nslots)
+        with self._cond:
+            self._receivers[channel_id] = receiver
+            self._cond.notify_all()
+        try:
+            yield from receiver.serve(context)
+        finally:
+            with self._cond:
+                if self._receivers.get(channel_id) is receiver:
+                    del self._receivers[channel_id]  # its values call never came
+
+    def _send(self, requests: Iterator[bytes], context: Any) -> bytes:
+        """A stream's values call: once its credits call has found the ring, feed it.
+
+        A values call with no stream to feed fails (FAILED_PRECONDITION): the writer
+        then ends its credits call too (the credits call says why, where it can).
+        """
+        try:
+            channel_id = wire.parse_attach(next(requests))
+        except (StopIteration, grpc.RpcError, ChannelError):
+            return b""  # the writer left, or is not one of ours
+        receiver = self._await_receiver(channel_id, context)
+        if receiver is None:  # abort raises: the call ends with this status
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self!r}: no stream {channel_id!r} to feed")
+        else:
+            receiver.take(requests)
+        return b""
+
+    def _await_receiver(self, channel_id: str, context: Any) -> Receiver | None:
+        """The stream ``channel_id``'s receiver, once its credits call made it (the two
+        calls may arrive in either order; the credits call may itself wait up to
+        ``register_timeout_s`` for its ring)."""
+        deadline = time.monotonic() + 2 * self._register_timeout_s
+        with self._cond:
+            while not self._stopped and context.is_active():
+                receiver = self._receivers.pop(channel_id, None)
+                if receiver is not None:
+                    return receiver if receiver.attach() else None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(min(left, POLL_S))
+        return None
 
     def _claim(self, channel_id: str, nslots: int) -> ShmRingSpec:
         with self._cond:

@@ -1,10 +1,11 @@
 """The sending end of one gRPC stream: a writer's values to one receiving node.
 
-Sync grpcio (see docs/transports.md, "gRPC"): the call's request iterator is
-:meth:`Stream._outgoing`, which gRPC's own thread drains from a queue, and a thread of
-ours listens to the receiver's credits. A value is sent only while the receiver's ring
-has a free slot for it (``sent < released + nslots``), so at most ``nslots`` values
-are between this process and the remote readers, whatever their speed.
+Sync grpcio (see docs/transports.md, "gRPC"). Two calls on one connection (why two:
+_grpc_wire.py): the values call, whose request iterator is :meth:`Stream._outgoing`,
+which gRPC's own thread drains from a queue; and the credits call, which a thread of
+ours listens to. A value is sent only while the receiver's ring has a free slot for it
+(``sent < released + nslots``), so at most ``nslots`` values are between this process
+and the remote readers, whatever their speed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import grpc
 from . import _grpc_wire as wire
 from ._deadline import remaining
 from ._errors import ChannelBroken, ChannelClosed, ChannelError
-from ._grpc_config import CLIENT_OPTIONS, METHOD_PATH, POLL_S
+from ._grpc_config import CLIENT_OPTIONS, METHOD_PATH, POLL_S, SEND_METHOD_PATH
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +62,12 @@ class Stream:
                 f"channel {name!r}: no connection to {target.address} within {connect_timeout_s:g} s "
                 "(is the receiving node up, and its server listening there?)"
             ) from None
-        self._queue.put(wire.hello(target.channel_id, nslots))
-        self._call = self._channel.stream_stream(METHOD_PATH)(self._outgoing())
+        self._credits = self._channel.unary_stream(METHOD_PATH)(wire.hello(target.channel_id, nslots))
+        self._queue.put(wire.attach(target.channel_id))
+        self._call = self._channel.stream_unary(SEND_METHOD_PATH).future(self._outgoing())
         self._thread = threading.Thread(target=self._listen, name=f"raycg-grpc-credits:{name}", daemon=True)
         self._thread.start()
+        self._call.add_done_callback(self._values_done)
 
     def __repr__(self) -> str:
         return f"Stream({self.name!r} -> {self.target.address})"
@@ -86,11 +89,28 @@ class Stream:
     def cut(self) -> None:
         """End the stream at once, as a failed network would (the fault hook's cut)."""
         self._call.cancel()
+        self._credits.cancel()
+
+    def _values_done(self, call: grpc.Future) -> None:
+        """The values call ended (on gRPC's thread). Normally the credits call says why
+        first (its end message); if the values call failed on its own (refused, or the
+        receiver found no stream of that name), end the credits call too, so that the
+        listening thread, and the writer, learn it now."""
+        if call.cancelled() or call.code() == grpc.StatusCode.OK:  # type: ignore[attr-defined]
+            return
+        with self._cond:
+            if self.error is None and not self._closing:
+                self.error = ChannelBroken(
+                    f"channel {self.name!r}: the stream to {self.target.address} failed "
+                    f"({call.code().name}: {call.details()})"  # type: ignore[attr-defined]
+                )
+                self._cond.notify_all()
+        self._credits.cancel()
 
     def _listen(self) -> None:
         error: ChannelError
         try:
-            for msg in self._call:
+            for msg in self._credits:
                 if msg[:1] == wire.CREDIT:
                     with self._cond:
                         self.released = max(self.released, wire.parse_credit(msg))
@@ -110,7 +130,7 @@ class Stream:
                     f"({e.code().name}: {e.details()})"  # type: ignore[attr-defined]
                 )
         finally:
-            self._queue.put(None)  # ends the request stream, and gRPC's thread with it
+            self._queue.put(None)  # ends the values call's requests, and gRPC's thread with it
         with self._cond:
             self.error = self.error or error
             self.done = True
@@ -126,5 +146,6 @@ class Stream:
                 self._queue.put(None)
                 self._cond.wait_for(lambda: self.done, remaining(deadline))
         self._call.cancel()
+        self._credits.cancel()
         self._thread.join(POLL_S * 50)  # the cancel ends it at once
         self._channel.close()

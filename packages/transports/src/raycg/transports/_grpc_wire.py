@@ -1,16 +1,22 @@
 """What a gRPC stream of raycg carries: its messages, and values cut into them.
 
-A stream is one gRPC bidirectional call (one per channel and destination node). Its
-messages are raw bytes (no protobuf: the transports never import the protos); the
-first byte says what a message is::
+A stream (one per channel and destination node) is two gRPC calls on one connection:
+the *values* call (client streaming: the writer's messages) and the *credits* call
+(server streaming: the receiver's answers). Two calls, not one bidirectional call,
+because grpcio's sync API wakes every thread waiting on a call at each of its events:
+on one call, the writer's thread listening for credits would wake at every value sent
+(docs/transports.md, "gRPC"). Messages are raw bytes (no protobuf: the transports
+never import the protos); the first byte says what a message is::
 
-    writer -> receiver
-      H  u64 nslots | u64 version | channel id (UTF-8)     first message: which ring
+    credits call, request (one message)
+      H  u64 nslots | u64 version | channel id (UTF-8)     which ring, how many slots
+    values call, writer -> receiver
+      A  channel id (UTF-8)                                first message: which stream
       V  u64 seq | u64 meta_len | u64 nbufs | nbufs x u64  a value's header, then the
          buffer lengths | the payload's first bytes         start of its payload
       D  u64 seq | u64 offset | payload bytes              the rest, in order
       C                                                    the writer closed the channel
-    receiver -> writer
+    credits call, receiver -> writer
       K  u64 released                                      every value below it is free
       X  C|B | message (UTF-8)                             closed / broken, then the end
 
@@ -26,10 +32,10 @@ import struct
 
 from ._errors import ChannelBroken
 
-HELLO, VALUE, DATA, CLOSE = b"H", b"V", b"D", b"C"
+HELLO, ATTACH, VALUE, DATA, CLOSE = b"H", b"A", b"V", b"D", b"C"
 CREDIT, END = b"K", b"X"
 END_CLOSED, END_BROKEN = b"C", b"B"
-VERSION = 1
+VERSION = 2  # 2: a stream is two calls (values, credits); 1 was one bidirectional call
 # 1 MiB: the throughput of a bare stream levels off near here (benchmarks/bench_grpc.py)
 # while a message still costs little memory on either side.
 DEFAULT_CHUNK_BYTES = 1 << 20
@@ -58,6 +64,21 @@ def parse_hello(msg: bytes) -> tuple[str, int]:
     return msg[1 + _HELLO.size :].decode(), nslots
 
 
+def attach(channel_id: str) -> bytes:
+    return ATTACH + channel_id.encode()
+
+
+def parse_attach(msg: bytes) -> str:
+    """The channel id a values call names in its first message.
+
+    Raises:
+        ChannelBroken: the message is not an attach.
+    """
+    if msg[:1] != ATTACH:
+        raise ChannelBroken(f"the values stream did not start with its channel id (got {msg[:1]!r})")
+    return msg[1:].decode()
+
+
 def credit(released: int) -> bytes:
     return CREDIT + _U64.pack(released)
 
@@ -68,6 +89,12 @@ def parse_credit(msg: bytes) -> int:
 
 def end(kind: bytes, message: str) -> bytes:
     return END + kind + message.encode()
+
+
+def single_frame(seq: int, meta: bytes) -> bytes:
+    """The one message of a value without out-of-band buffers that fits in one: what
+    :func:`frames` makes of it, without its general loop."""
+    return VALUE + _VALUE.pack(seq, len(meta), 0) + meta
 
 
 def frames(seq: int, meta: bytes, raws: list[memoryview], chunk_bytes: int) -> list[bytes]:

@@ -98,6 +98,14 @@ class GrpcWriter(Channel):
         """
         deadline = deadline_after(timeout_s)
         meta, raws = _serde.encode(value)  # before waiting: errors leave the channel intact
+        if not raws and len(meta) <= self._chunk_bytes // 2:
+            # A small value is one message, made in a moment: one turn of the lock.
+            # (Channels have one writing thread: the seq is ours until we send.)
+            frames = [wire.single_frame(self._seq, meta)]
+            with self._cond:
+                self._wait_room(deadline)
+                self._send(frames)
+            return
         with self._cond:
             self._wait_room(deadline)
         # Every stream has room, and keeps it (only our sends take it): copy the value
@@ -105,9 +113,12 @@ class GrpcWriter(Channel):
         frames = wire.frames(self._seq, meta, raws, self._chunk_bytes)
         with self._cond:
             self._raise_if_ended()
-            for stream in self._streams:  # to all, or (on an error above) to none
-                stream.send(frames)
-            self._seq += 1
+            self._send(frames)
+
+    def _send(self, frames: list[bytes]) -> None:
+        for stream in self._streams:  # to all, or (on an error before) to none
+            stream.send(frames)
+        self._seq += 1
 
     def _wait_room(self, deadline: float) -> None:
         while True:
