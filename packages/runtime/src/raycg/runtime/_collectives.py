@@ -36,6 +36,8 @@ from raycg.transports import (
     CpuCommGroup,
     CpuCommSpec,
     CpuCommunicator,
+    CpuNetCommunicator,
+    CpuNetSpec,
     NcclCommunicator,
     ReduceOp,
     nccl_unique_id,
@@ -73,26 +75,18 @@ def refuse_unsupported(plan: Plan) -> None:
 
     Raises:
         NotImplementedError: a collective over NCCL (every member has a GPU, or
-            ``transport="nccl"``) where this process has no cupy, or over raycg's CPU
-            communicator among members on different Ray nodes, naming it and its
-            members. (One over a user's Communicator instance runs: _communicators.)
+            ``transport="nccl"``) where this process has no cupy, naming it and its
+            members. (One over a user's Communicator instance runs: _communicators;
+            a CPU one across nodes: _crossnode_comm.)
     """
     labels = {a.actor_id: a.actor_label for a in plan.actors}
     gpus = {a.actor_id: bool(a.gpu_ids) for a in plan.actors}
-    nodes = {a.actor_id: a.node_id for a in plan.actors}
     for coll in _collectives(plan).values():
         members = ", ".join(labels.get(m, m) for m in coll.members)
         if _is_nccl(coll, gpus) and nccl_missing():
             raise NotImplementedError(
                 f"{coll.collective_id} (members {members}): a NCCL collective needs NCCL ids from the "
                 f"driver: {nccl_missing()}; or bind it with transport='cpu'"
-            )
-        if coll.transport == "communicator":
-            continue  # the user's instance, handed out by _communicators
-        if not _is_nccl(coll, gpus) and len({nodes.get(m) for m in coll.members}) > 1:
-            raise NotImplementedError(
-                f"{coll.collective_id} (members {members}): its members run on different Ray nodes, "
-                "and raycg's CPU communicator is shared memory on one node; place them on one node"
             )
 
 
@@ -106,14 +100,32 @@ def _collectives(plan: Plan) -> dict[str, Any]:
     }
 
 
+def hosted_on_members(plan: Plan) -> dict[str, Any]:
+    """The CPU collectives whose shared memory the caller cannot make: those with a member
+    on another node than the caller's (memfds are reached through /proc/<pid>/fd, on
+    their own node only). Their members' nodes make it (_crossnode_comm)."""
+    gpus = {a.actor_id: bool(a.gpu_ids) for a in plan.actors}
+    nodes = {a.actor_id: a.node_id for a in plan.actors}
+    here = plan.driver_node_id
+    return {
+        cid: coll
+        for cid, coll in _collectives(plan).items()
+        if coll.transport != "communicator"
+        and not _is_nccl(coll, gpus)
+        and any(nodes.get(m) and here and nodes.get(m) != here for m in coll.members)
+    }
+
+
 def make_groups(plan: Plan, keep: list[Any]) -> dict[str, dict[str, CpuCommSpec | NcclSpec]]:
     """Create one communicator group per collective (a CPU one appended to ``keep``,
-    whose owner closes them); return actor id -> {collective id: the group's spec}."""
+    whose owner closes them); return actor id -> {collective id: the group's spec}.
+    (A CPU collective with members on other nodes is hosted there: _crossnode_comm.)"""
     specs: dict[str, dict[str, CpuCommSpec | NcclSpec]] = {}
     gpus = {a.actor_id: bool(a.gpu_ids) for a in plan.actors}
+    elsewhere = hosted_on_members(plan)
     for cid, coll in _collectives(plan).items():
-        if coll.transport == "communicator":
-            continue  # the user's instance: _communicators
+        if coll.transport == "communicator" or cid in elsewhere:
+            continue  # the user's instance (_communicators), or made on the members' nodes
         if _is_nccl(coll, gpus):
             nccl = NcclSpec(nccl_unique_id(), len(coll.members))
             for m in coll.members:
@@ -153,7 +165,7 @@ class CollectiveTask:
     def __init__(
         self,
         coll: Any,
-        spec: CpuCommSpec | NcclSpec | Communicator,
+        spec: CpuCommSpec | CpuNetSpec | NcclSpec | Communicator,
         timeout_s: float | None,
         display: str,
         actor_repr: str,
@@ -176,6 +188,9 @@ class CollectiveTask:
         elif isinstance(spec, NcclSpec):  # on this actor's GPU (Ray made it the only one)
             self.comm = NcclCommunicator(spec.unique_id, spec.world_size, coll.rank, timeout_s=timeout_s)
             self.device = "cuda"
+        elif isinstance(spec, CpuNetSpec):  # members on several nodes: _crossnode_comm
+            self.comm = CpuNetCommunicator(spec, coll.rank, timeout_s=timeout_s)
+            self.device = "cpu"
         else:
             self.comm = CpuCommunicator(spec, coll.rank, timeout_s=timeout_s)
             self.device = "cpu"

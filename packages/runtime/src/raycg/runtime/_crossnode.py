@@ -39,7 +39,7 @@ from raycg.transports import (
     remaining,
 )
 
-from . import _hosting
+from . import _crossnode_comm, _hosting
 
 HOST_TIMEOUT_S = 60.0
 _DRIVER = ""  # the host key of the caller itself
@@ -62,7 +62,8 @@ def set_up(
     plan: Plan, actors: dict[str, ActorHandle], res: Any, endpoints: dict[str, list[ShmEndpoint]]
 ) -> CrossNode:
     """Host every GRPC channel's rings on its reader nodes; add the readers' endpoints to
-    ``endpoints``, and the caller's own rings to ``res.rings``.
+    ``endpoints``, and the caller's own rings to ``res.rings``; host the CPU collectives
+    of other nodes there (_crossnode_comm), their specs into ``res.comm_specs``.
 
     Raises:
         RayChannelError: a host could not make its rings (naming it and why).
@@ -70,6 +71,8 @@ def set_up(
     cross = CrossNode()
     nodes = {a.actor_id: a.node_id for a in plan.actors}
     labels = {a.actor_id: a.actor_label for a in plan.actors}
+    for actor_id, specs in _crossnode_comm.host_groups(plan, actors).items():
+        res.comm_specs.setdefault(actor_id, {}).setdefault("comms", {}).update(specs)
     _host_remote_shm(plan, actors, labels, res, endpoints)
     channels = [c for c in plan.channels if c.transport == Transport.GRPC]
     if not channels:

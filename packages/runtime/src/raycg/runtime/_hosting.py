@@ -12,22 +12,29 @@ reports it, on a free port, while the process hosts rings for some graph (starte
 first, stopped after the last one's teardown, or after its executor here ended on its own,
 as it does when the caller dies: nothing outlives the graphs). ``RAYCG_GRPC_HOST``
 overrides the address (tests run every node of a cluster on one machine, on loopback).
+
+A cross-node CPU collective's part of a node (its segment and the rings its node leader
+reads, :class:`raycg.transports.CpuNetNode`) is hosted the same way, by that leader
+(:func:`host_comm_part`), and freed with the graph's rings.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
+from typing import Any
 
 from raycg.proto import ChannelPlan, Plan, RingHostReply, RingHostRequest, ShmEndpoint, Transport
-from raycg.transports import GrpcServer, ShmRing
+from raycg.transports import CpuNetNode, GrpcServer, NetNodeSpec, ShmRing
 
 LISTEN_HOST_ENV = "RAYCG_GRPC_HOST"
 _server: GrpcServer | None = None
 _users = 0  # graphs this process hosts rings for: the server runs while there are some
 _lock = threading.Lock()
-# graph id -> the rings this process hosts for it, until its teardown.
-_hosted: dict[str, list[tuple[str, ShmRing]]] = {}
+# graph id -> the rings (stream id, ring) and communicator parts this process hosts
+# for it, until its teardown.
+_hosted: dict[str, list[tuple[str, ShmRing] | CpuNetNode]] = {}
 
 
 def stream_id(graph_id: str, channel_id: str) -> str:
@@ -106,12 +113,45 @@ def host_rings(instance: object, request_bytes: bytes) -> bytes:
         del reply.rings[:]
         reply.error = f"{type(e).__name__}: {e}"
         return reply.SerializeToString()
+    _keep(req.graph_id, made)
+    return reply.SerializeToString()
+
+
+def host_comm_part(
+    instance: object,
+    graph_id: str,
+    group_id: str,
+    name: str,
+    ranks: Sequence[Sequence[int]],
+    node: int,
+    capacity_bytes: int,
+) -> NetNodeSpec:
+    """Runs on a collective's node leader (through ``__ray_call__``): make this node's
+    part of the cross-node CPU communicator ``group_id`` and serve its rings; return its
+    spec. Freed by :func:`release`.
+
+    Raises:
+        OSError, ValueError: the part cannot be made (the caller names this actor).
+    """
+    server = acquire_server()
+    try:
+        part = CpuNetNode(
+            ranks, node, server, group_id=group_id, name=name, capacity_bytes=capacity_bytes, p2p=False
+        )
+    except BaseException:
+        release_server()
+        raise
+    _keep(graph_id, [part])
+    return part.spec
+
+
+def _keep(graph_id: str, items: list[Any]) -> None:
+    """Hold ``items`` for ``graph_id`` until :func:`release`; one server use per graph."""
     with _lock:
-        first = req.graph_id not in _hosted
-        _hosted.setdefault(req.graph_id, []).extend(made)
+        first = graph_id not in _hosted
+        _hosted.setdefault(graph_id, []).extend(items)
     if not first:
         release_server()  # one use per graph
-    return reply.SerializeToString()
 
 
 def release(graph_id: str) -> None:
@@ -127,7 +167,10 @@ def release(graph_id: str) -> None:
     release_server()
 
 
-def _close(server: GrpcServer, rings: list[tuple[str, ShmRing]]) -> None:
-    for sid, ring in rings:
-        server.remove_ring(sid)
-        ring.close()
+def _close(server: GrpcServer, items: Sequence[tuple[str, ShmRing] | CpuNetNode]) -> None:
+    for item in items:
+        if isinstance(item, CpuNetNode):
+            item.close()  # aborts its node's members, drops its rings from the server
+        else:
+            server.remove_ring(item[0])
+            item[1].close()
