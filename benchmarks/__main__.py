@@ -40,6 +40,10 @@ BENCHMARKS = {
         "benchmarks.bench_multinode",
         "a 2-node Cluster: echo and 64 MiB from the driver's node to another, Ray core vs Ray CG vs raycg",
     ),
+    "collective-multinode": (
+        "benchmarks.bench_collective_multinode",
+        "a 3-node Cluster: 4-actor allreduce over 2 nodes in a graph, raycg vs gloo in the same actors",
+    ),
     "stats": (
         "benchmarks.bench_stats",
         "what graph.stats() recording (on by default) costs per execution",
