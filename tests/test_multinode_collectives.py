@@ -77,10 +77,20 @@ def test_allgather_across_nodes_and_within_one_remote_node(members: list) -> Non
     # Both members on n1, not the caller's node: the group's memory is made there.
     graph = _graph(members[::2], raycg.collective.allgather.bind)
     try:
+        assert graph.graph_id in ray.get(members[0].__ray_call__.remote(_hosting_state))[0]
         for _, t in ray.get(graph.execute((3, (4, 2)))):
             assert torch.equal(t, torch.cat([ins[0], ins[2]]))
     finally:
         graph.teardown()
+    # Each node's leader (ranks 0 and 1) freed its parts, and its gRPC server stopped.
+    for leader in members[:2]:
+        assert ray.get(leader.__ray_call__.remote(_hosting_state)) == ([], True)
+
+
+def _hosting_state(instance: object) -> tuple[list[str], bool]:
+    from raycg.runtime import _hosting
+
+    return list(_hosting._hosted), _hosting._server is None
 
 
 def _stall_rank_3(instance: object) -> None:
