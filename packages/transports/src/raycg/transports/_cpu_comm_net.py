@@ -47,7 +47,8 @@ from typing import Any
 
 from ._channel import Channel
 from ._communicator import Allocator, Communicator, ReduceOp
-from ._cpu_comm import DEFAULT_TIMEOUT_S, _check_cpu, _put, _reduce, _torch, flat_buffers
+from ._cpu_comm import DEFAULT_TIMEOUT_S, _check_cpu, _put, _torch, flat_buffers
+from ._cpu_comm_net_leader import Leader
 from ._cpu_comm_net_links import Links
 from ._cpu_comm_net_node import CpuNetSpec, p2p_id
 from ._cpu_comm_segment import ARRIVED, DONE, REDUCED, MemberSegment
@@ -58,7 +59,6 @@ from ._shm_writer import ShmRingWriter
 
 __all__ = ["CpuNetCommunicator"]
 
-_SPLIT_MIN_BYTES = 64 << 10  # as _cpu_comm's: below it, no split
 _CLOSE_JOIN_S = 10.0
 
 # put(my region); exchange(regions, deadline, what) on the leader; take(regions)
@@ -83,7 +83,8 @@ class CpuNetCommunicator(Communicator):
         self.timeout_s = timeout_s
         self._rank: int | None = None
         self._seg: MemberSegment | None = None
-        self._links: Links | None = None  # the leader's
+        self._links: Links | None = None  # a node leader's, and its side of each collective:
+        self._leader: Leader | None = None
         self._epoch = 0
         self._writers: dict[int, Channel] = {}  # peer -> ShmRingWriter, or GrpcWriter (lazily)
         self._readers: dict[int, ShmRingReader] = {}
@@ -130,6 +131,7 @@ class CpuNetCommunicator(Communicator):
                     self._readers[src] = ShmRingReader(ring_spec, 0)
             if self._index == 0:
                 self._links = Links(spec, self._node, lambda: self.aborted)
+                self._leader = Leader(spec, self._node, self._links)
         except BaseException:
             self.destroy()
             raise
@@ -246,30 +248,10 @@ class CpuNetCommunicator(Communicator):
                 timeout_s,
                 send.dtype,
                 functools.partial(_put, send[p : p + k]),
-                functools.partial(self._allreduce_exchange, k, op),
+                functools.partial(self._exchange("allreduce"), k, op),
                 functools.partial(_take_result, out[p : p + k], self._nlocal, 0),
             )
         finish()
-
-    def _allreduce_exchange(
-        self, k: int, op: ReduceOp, regions: list[Any], deadline: float, what: str
-    ) -> None:
-        links, world, n = self._leader_links(), self.spec.world_size, len(self.spec.ranks)
-        local, result = [r[:k] for r in regions[: self._nlocal]], regions[self._nlocal]
-        if n == 1 or k * result.element_size() <= _SPLIT_MIN_BYTES:
-            got = self._swap(local, deadline, what)
-            _reduce(op, self._in_rank_order(local, got), result[:k], world)
-            return
-        bounds = [k * j // n for j in range(n + 1)]
-        for j in links.peers:
-            links.send(j, [t[bounds[j] : bounds[j + 1]] for t in local], deadline, what)
-        got = {j: links.recv(j, deadline, what) for j in links.peers}
-        lo, hi = bounds[self._node], bounds[self._node + 1]
-        _reduce(op, self._in_rank_order([t[lo:hi] for t in local], got), result[lo:hi], world)
-        del got  # unpins the links' slots
-        links.send_all(result[lo:hi], deadline, what)
-        for j in links.peers:
-            result[bounds[j] : bounds[j + 1]].copy_(links.recv(j, deadline, what))
 
     def allgather(self, send_buf: Any, recv_buf: Any, timeout_s: float | None = None) -> None:
         """``recv_buf`` = every member's ``send_buf``, in rank order (world_size x the
@@ -283,13 +265,6 @@ class CpuNetCommunicator(Communicator):
         send, out, finish = self._buffers(send_buf, recv_buf, -world, None, "allgather")
         m = send.numel()
         per = max(1, self._seg_capacity() // send.element_size() // world)  # every piece in one region
-
-        def exchange(k: int, regions: list[Any], deadline: float, what: str) -> None:
-            result = regions[self._nlocal]
-            got = self._swap([r[:k] for r in regions[: self._nlocal]], deadline, what)
-            for n, pieces in got.items():
-                for r, piece in zip(self.spec.ranks[n], pieces):
-                    result[r * k : (r + 1) * k].copy_(piece)
 
         def take(p: int, k: int, regions: list[Any]) -> None:
             for r in range(world):
@@ -305,7 +280,7 @@ class CpuNetCommunicator(Communicator):
                 timeout_s,
                 send.dtype,
                 put,
-                functools.partial(exchange, k),
+                functools.partial(self._exchange("allgather"), k),
                 functools.partial(take, p, k),
             )
         finish()
@@ -323,28 +298,12 @@ class CpuNetCommunicator(Communicator):
         op = ReduceOp.of(op)
         world = self.spec.world_size
         send, out, finish = self._buffers(send_buf, recv_buf, world, op, "reducescatter")
-        mine = self.spec.ranks[self._node]
         m = out.numel()
         per = max(1, self._seg_capacity() // send.element_size() // world)
 
         def put(p: int, k: int, region: Any) -> None:  # chunk i of the piece at i * k
             for i in range(world):
                 region[i * k : (i + 1) * k].copy_(send[i * m + p : i * m + p + k])
-
-        def exchange(k: int, regions: list[Any], deadline: float, what: str) -> None:
-            links, local = self._leader_links(), regions[: self._nlocal]
-            for j in links.peers:  # for each of our members, the chunks of j's members
-                chunks = [t[r * k : (r + 1) * k] for t in local for r in self.spec.ranks[j]]
-                links.send(j, chunks, deadline, what)
-            got = {j: links.recv(j, deadline, what) for j in links.peers}
-            for li, r in enumerate(mine):  # its chunk, from every rank, in rank order
-                inputs = []
-                for s in range(world):
-                    n, i = self._where[s]
-                    inputs.append(
-                        local[i][r * k : (r + 1) * k] if n == self._node else got[n][i * len(mine) + li]
-                    )
-                _reduce(op, inputs, regions[self._nlocal][li * k : (li + 1) * k], world)
 
         for p in range(0, m, per):
             k = min(per, m - p)
@@ -354,7 +313,7 @@ class CpuNetCommunicator(Communicator):
                 timeout_s,
                 send.dtype,
                 functools.partial(put, p, k),
-                functools.partial(exchange, k),
+                functools.partial(self._exchange("reducescatter"), k, op),
                 take,
             )
         finish()
@@ -379,13 +338,6 @@ class CpuNetCommunicator(Communicator):
             if is_root:
                 region[:k].copy_(flat[p : p + k])
 
-        def exchange(k: int, regions: list[Any], deadline: float, what: str) -> None:
-            links = self._leader_links()
-            if root_node == self._node:
-                links.send_all(regions[root_index][:k], deadline, what)
-            else:
-                regions[self._nlocal][:k].copy_(links.recv(root_node, deadline, what))
-
         def take(p: int, k: int, regions: list[Any]) -> None:
             if not is_root:
                 out[p : p + k].copy_(regions[src][:k])
@@ -393,9 +345,8 @@ class CpuNetCommunicator(Communicator):
         for p in range(0, flat.numel(), per):
             k = min(per, flat.numel() - p)
             parts = [functools.partial(f, p, k) for f in (put, take)]
-            self._collective(
-                "broadcast", timeout_s, flat.dtype, parts[0], functools.partial(exchange, k), parts[1]
-            )
+            exchange = functools.partial(self._exchange("broadcast"), root_rank, k)
+            self._collective("broadcast", timeout_s, flat.dtype, parts[0], exchange, parts[1])
         finish()
 
     # --- the epoch protocol -----------------------------------------------------
@@ -434,23 +385,9 @@ class CpuNetCommunicator(Communicator):
             self.abort()
             raise
 
-    def _swap(self, value: object, deadline: float, what: str) -> dict[int, Any]:
-        """``value`` to every other leader; what each sent (node -> its value)."""
-        links = self._leader_links()
-        links.send_all(value, deadline, what)
-        return {j: links.recv(j, deadline, what) for j in links.peers}
-
-    def _in_rank_order(self, local: list[Any], got: dict[int, Any]) -> list[Any]:
-        """Every rank's contribution, in rank order: this node's, and the others' ``got``."""
-        out = []
-        for r in range(self.spec.world_size):
-            n, i = self._where[r]
-            out.append(local[i] if n == self._node else got[n][i])
-        return out
-
-    def _leader_links(self) -> Links:
-        assert self._links is not None, "only a node's leader exchanges with other nodes"
-        return self._links
+    def _exchange(self, name: str) -> Any:
+        """The leader's side of collective ``name`` (never called on another member)."""
+        return _only_leaders if self._leader is None else getattr(self._leader, name)
 
     @property
     def _nlocal(self) -> int:
@@ -545,10 +482,14 @@ class CpuNetCommunicator(Communicator):
                 pass
         self._writers.clear()
         self._readers.clear()
-        self._links = None
+        self._links = self._leader = None
         seg, self._seg = self._seg, None
         if seg is not None:
             seg.close()
+
+
+def _only_leaders(*args: object) -> None:
+    raise AssertionError("only a node's leader exchanges with the other nodes")
 
 
 def _take_result(out: Any, result_index: int, offset: int, regions: list[Any]) -> None:
