@@ -270,6 +270,49 @@ class TestPinnedSlot:
         assert raycg_mappings() == []
 
 
+def test_close_unmaps_an_endpoint_at_once_and_a_held_value_keeps_its_own() -> None:
+    # With the collector off and the endpoints still referenced: close() alone must
+    # unmap their control segments (and the data nothing holds); a zero-copy value
+    # the caller holds keeps its slot's mapping, and stays readable.
+    gc.disable()
+    try:
+        ring = ShmRing(2, 1, name="unmap")
+        writer, reader = ring.open_writer(), ring.open_reader(0)
+        value = big_array(1 << 17, 3)
+        writer.write(value)
+        held = reader.read()
+        ring.close()  # closes the channel; the owner's own mappings go now
+        assert "raycg:unmap.ctrl" in raycg_mappings()  # the endpoints'
+        reader.close()
+        writer.close()
+        left = raycg_mappings()
+        assert [m for m in left if m.startswith("raycg:unmap.ctrl")] == [], left
+        assert [m for m in left if m.startswith("raycg:unmap.data")] != []  # the held value's
+        np.testing.assert_array_equal(held, value)
+        with pytest.raises(ChannelClosed):
+            reader.read(timeout_s=0)
+        with pytest.raises(ChannelClosed):
+            writer.write(1, timeout_s=0)
+        del held
+        assert raycg_mappings() == []
+    finally:
+        gc.enable()
+
+
+def test_a_close_from_another_thread_wakes_a_blocked_read_then_unmaps() -> None:
+    with ShmRing(1, 1, name="unmapwait") as ring:
+        writer, reader = ring.open_writer(), ring.open_reader(0, liveness_interval_s=600)
+        waiting = Call(reader.read).wait_blocked()  # holds the control mapping as it sleeps
+        reader.close()
+        with pytest.raises(ChannelClosed):
+            waiting.outcome()
+        writer.close()
+        ring.close()
+        del waiting
+        gc.collect()  # the exception it kept: its traceback's frames (a cycle) held the mapping
+        assert raycg_mappings() == []
+
+
 @pytest.mark.parametrize("cyclic", [False, True], ids=["refcount", "cycle"])
 def test_a_dropped_endpoint_closes_the_channel(cyclic: bool) -> None:
     with ShmRing(1, 1, name="dropclose") as ring:

@@ -85,7 +85,8 @@ class RingFeed:
         Raises:
             ChannelClosed, ChannelBroken: the ring was closed or broke, or a reader died.
         """
-        i, addr = self.writer._ctrl.i, self.writer._ctrl.addr
+        ctrl = self.writer._ctrl  # one mapping throughout: a close() swaps it (_shm_ring._Ctrl)
+        i, addr = ctrl.i, ctrl.addr
         if on_release:
             i[_WRITER_WAITING // 4] = 1
             _futex.fence()  # Dekker: our flag before our load of the released counts
@@ -100,7 +101,8 @@ class RingFeed:
 
     def poke(self) -> None:
         """Wake a :meth:`wait` at once."""
-        _futex.bump_and_wake(self.writer._ctrl.addr + _SPACE_FUTEX)
+        ctrl = self.writer._ctrl  # holds the mapping while we bump it
+        _futex.bump_and_wake(ctrl.addr + _SPACE_FUTEX)
 
     def end(self, broken: bool) -> None:
         """Mark the ring closed (or broken), waking its readers; keep it mapped."""

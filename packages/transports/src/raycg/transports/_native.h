@@ -64,6 +64,13 @@ static inline void store_u64(char *base, uint64_t off, uint64_t v) {
 }
 static inline void full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
+/* A core's control pointer: swapped (set_ctrl, holding the GIL) by a close() on one
+ * thread while another spins without the GIL, so loaded and stored atomically. Every
+ * method that lets the GIL go, or runs Python code, holds its own reference to the
+ * mapping's exporter for the whole call: whichever pointer it reads stays mapped. */
+static inline char *ctrl_of(char *const *field) { return __atomic_load_n(field, __ATOMIC_ACQUIRE); }
+static inline void set_ctrl_field(char **field, char *ctrl) { __atomic_store_n(field, ctrl, __ATOMIC_RELEASE); }
+
 static inline int64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -16,7 +16,8 @@ typedef struct {
 } ReaderCore;
 
 static inline int reader_ready(ReaderCore *r) {
-    return load_u64(r->ctrl, WRITE_SEQ) > r->next || load_u32(r->ctrl, CLOSED);
+    const char *ctrl = ctrl_of(&r->ctrl);
+    return load_u64(ctrl, WRITE_SEQ) > r->next || load_u32(ctrl, CLOSED);
 }
 
 static int reader_ready_fn(void *r) { return reader_ready((ReaderCore *)r); }
@@ -24,7 +25,7 @@ static int reader_ready_fn(void *r) { return reader_ready((ReaderCore *)r); }
 /* Spin until value ``next`` is published or the channel closes; past spin_ns, keep on
  * while the writer is copying that very value (spin_until, in _native.c). */
 static int reader_spin(ReaderCore *r) {
-    return spin_until(reader_ready_fn, r, r->ctrl, r->spin_ns, r->pure_ns, r->next + 1);
+    return spin_until(reader_ready_fn, r, ctrl_of(&r->ctrl), r->spin_ns, r->pure_ns, r->next + 1);
 }
 
 static void reader_release(ReaderCore *r, uint64_t released) {
@@ -70,7 +71,7 @@ static void ReaderCore_dealloc(ReaderCore *self) {
  * ``spun`` is set), a closed channel, a value with out-of-band buffers, a generation
  * not mapped yet, a bad slot record, or zero-copy values still held (their releases
  * go through the Python path's bookkeeping). */
-static PyObject *ReaderCore_try_read(ReaderCore *self, PyObject *unused) {
+static PyObject *reader_try_read(ReaderCore *self) {
     self->spun = 0;
     if (self->data == NULL || PyDict_GET_SIZE(self->pinned) || PyObject_Length(self->unpinned) != 0) {
         if (PyErr_Occurred()) return NULL;
@@ -106,8 +107,33 @@ static PyObject *ReaderCore_try_read(ReaderCore *self, PyObject *unused) {
     return value;
 }
 
+/* The two calls below spin without the GIL (and try_read unpickles): each holds the
+ * control mapping's exporter throughout, as the data's is held across pickle.loads. */
+static PyObject *ReaderCore_try_read(ReaderCore *self, PyObject *unused) {
+    PyObject *keep = Py_NewRef(self->ctrl_keep);
+    PyObject *value = reader_try_read(self);
+    Py_DECREF(keep);
+    return value;
+}
+
 static PyObject *ReaderCore_spin(ReaderCore *self, PyObject *unused) {
-    return PyBool_FromLong(reader_ready(self) || reader_spin(self));
+    PyObject *keep = Py_NewRef(self->ctrl_keep);
+    int ready = reader_ready(self) || reader_spin(self);
+    Py_DECREF(keep);
+    return PyBool_FromLong(ready);
+}
+
+/* set_ctrl(keep, addr): use this control memory from now on (a closed endpoint's
+ * private copy); the old mapping goes with the last call still holding it. */
+static PyObject *ReaderCore_set_ctrl(ReaderCore *self, PyObject *args) {
+    PyObject *keep;
+    unsigned long long addr;
+    if (!PyArg_ParseTuple(args, "OK", &keep, &addr)) return NULL;
+    PyObject *old = self->ctrl_keep;
+    self->ctrl_keep = Py_NewRef(keep);
+    set_ctrl_field(&self->ctrl, (char *)(uintptr_t)addr);
+    Py_XDECREF(old); /* after the swap: may unmap, and run Python code */
+    Py_RETURN_NONE;
 }
 
 /* set_data(keep, addr, gen, size_bytes): the generation try_read decodes from, and the
@@ -157,6 +183,7 @@ static PyMethodDef ReaderCore_methods[] = {
     {"try_read", (PyCFunction)ReaderCore_try_read, METH_NOARGS, NULL},
     {"spin", (PyCFunction)ReaderCore_spin, METH_NOARGS, NULL},
     {"set_data", (PyCFunction)ReaderCore_set_data, METH_VARARGS, NULL},
+    {"set_ctrl", (PyCFunction)ReaderCore_set_ctrl, METH_VARARGS, NULL},
     {"release", (PyCFunction)ReaderCore_release, METH_O, NULL},
     {"detach", (PyCFunction)ReaderCore_detach, METH_NOARGS, NULL},
     {NULL}};

@@ -25,8 +25,9 @@ typedef struct {
 
 static uint64_t writer_min_released(WriterCore *w) {
     uint64_t m = UINT64_MAX;
+    const char *ctrl = ctrl_of(&w->ctrl);
     for (uint64_t r = 0; r < w->nreaders; r++) {
-        uint64_t v = load_u64(w->ctrl, READERS + LINE * r + R_RELEASED);
+        uint64_t v = load_u64(ctrl, READERS + LINE * r + R_RELEASED);
         if (v < m) m = v;
     }
     return m;
@@ -154,7 +155,7 @@ static int writer_put_meta(WriterCore *w, PyObject *meta) {
 
 /* try_write(value) -> bool: publish a plain value (None, bool, int, float, str, bytes)
  * if nothing stands in the way; False leaves the ring untouched for the Python path. */
-static PyObject *WriterCore_try_write(WriterCore *self, PyObject *value) {
+static PyObject *writer_try_write(WriterCore *self, PyObject *value) {
     PyTypeObject *t = Py_TYPE(value);
     if (!self->fast || load_u32(self->ctrl, CLOSED)) Py_RETURN_FALSE;
     if (!(value == Py_None || t == &PyLong_Type || t == &PyUnicode_Type || t == &PyFloat_Type ||
@@ -170,6 +171,15 @@ static PyObject *WriterCore_try_write(WriterCore *self, PyObject *value) {
     int done = self->fast && self->data != NULL && writer_put_meta(self, meta);
     Py_DECREF(meta);
     return PyBool_FromLong(done);
+}
+
+/* Pickling runs Python code, which may let the GIL go: the call holds the control
+ * mapping's exporter throughout (see ctrl_of in _native.h). */
+static PyObject *WriterCore_try_write(WriterCore *self, PyObject *value) {
+    PyObject *keep = Py_NewRef(self->ctrl_keep);
+    PyObject *done = writer_try_write(self, value);
+    Py_DECREF(keep);
+    return done;
 }
 
 /* try_write_meta(meta: bytes) -> bool: the same for a value the Python side encoded
@@ -214,7 +224,7 @@ static PyObject *WriterCore_min_released_now(WriterCore *self, PyObject *unused)
 
 static int writer_space_ready(void *arg) {
     WriterCore *w = arg;
-    return writer_min_released(w) >= w->want || load_u32(w->ctrl, CLOSED);
+    return writer_min_released(w) >= w->want || load_u32(ctrl_of(&w->ctrl), CLOSED);
 }
 
 /* spin(need) -> bool: spin until every reader released every value below ``need`` (or
@@ -223,7 +233,22 @@ static PyObject *WriterCore_spin(WriterCore *self, PyObject *arg) {
     unsigned long long need = PyLong_AsUnsignedLongLong(arg);
     if (PyErr_Occurred()) return NULL;
     self->want = need;
-    return PyBool_FromLong(spin_until(writer_space_ready, self, self->ctrl, self->spin_ns, self->pure_ns, 0));
+    PyObject *keep = Py_NewRef(self->ctrl_keep); /* the spin lets the GIL go */
+    int ready = spin_until(writer_space_ready, self, ctrl_of(&self->ctrl), self->spin_ns, self->pure_ns, 0);
+    Py_DECREF(keep);
+    return PyBool_FromLong(ready);
+}
+
+/* set_ctrl(keep, addr): as ReaderCore's (_native_reader.c). */
+static PyObject *WriterCore_set_ctrl(WriterCore *self, PyObject *args) {
+    PyObject *keep;
+    unsigned long long addr;
+    if (!PyArg_ParseTuple(args, "OK", &keep, &addr)) return NULL;
+    PyObject *old = self->ctrl_keep;
+    self->ctrl_keep = Py_NewRef(keep);
+    set_ctrl_field(&self->ctrl, (char *)(uintptr_t)addr);
+    Py_XDECREF(old);
+    Py_RETURN_NONE;
 }
 
 /* detach(): drop the data mapping; every later try_write says False. */
@@ -271,6 +296,7 @@ static PyMethodDef WriterCore_methods[] = {
     {"try_write", (PyCFunction)WriterCore_try_write, METH_O, NULL},
     {"try_write_meta", (PyCFunction)WriterCore_try_write_meta, METH_O, NULL},
     {"set_data", (PyCFunction)WriterCore_set_data, METH_VARARGS, NULL},
+    {"set_ctrl", (PyCFunction)WriterCore_set_ctrl, METH_VARARGS, NULL},
     {"pick_region", (PyCFunction)WriterCore_pick_region, METH_NOARGS, NULL},
     {"publish", (PyCFunction)WriterCore_publish, METH_NOARGS, NULL},
     {"spin", (PyCFunction)WriterCore_spin, METH_O, NULL},

@@ -85,7 +85,7 @@ class Segment:
     @property
     def mapped(self) -> bool:
         """False once the memory is unmapped: then nothing may read or write it."""
-        return not self._unmapper.done
+        return self._unmapper is None or not self._unmapper.done
 
     def __init__(self, size_bytes: int, map_fd: int, pid: int, fd: int, owned: bool):
         # (pid, fd): where peers open this segment; map_fd: the fd we map it from.
@@ -95,6 +95,7 @@ class Segment:
         self.owned = False  # set once mapped: if mmap fails, create() closes the fd itself
         # The exporter of the mapping: zero-copy values keep it (and so the mapping) alive.
         self.mm: ctypes.Array[ctypes.c_char] | None
+        self._unmapper: _Unmapper | None
         self.mm, self._unmapper = _map(map_fd, size_bytes)
         self.owned = owned
         self.address = ctypes.addressof(self.mm)
@@ -135,6 +136,21 @@ class Segment:
             return cls(size_bytes, own_fd, pid, fd, owned=False)
         finally:
             os.close(own_fd)
+
+    @classmethod
+    def private_copy(cls, seg: Segment) -> Segment:
+        """A copy of ``seg``'s bytes in this process's own heap memory: no mapping, shared
+        with nobody, freed with the last reference to it. A closed ring endpoint reads
+        and writes its control copy while its real mapping goes (_shm_ring.py)."""
+        assert seg.view is not None
+        copy = cls.__new__(cls)
+        copy.size_bytes, copy.pid, copy.fd, copy.owned = seg.size_bytes, os.getpid(), -1, False
+        # ctypes allocates it with malloc: 16-byte aligned, as the 8-byte words need.
+        copy.mm = (ctypes.c_char * seg.size_bytes).from_buffer_copy(seg.view)
+        copy._unmapper = None
+        copy.address = ctypes.addressof(copy.mm)
+        copy.view = memoryview(copy.mm).cast("B")
+        return copy
 
     def close(self) -> None:
         """Drop our hold on the mapping (it is unmapped once no zero-copy value or view

@@ -156,7 +156,8 @@ class ShmRingReader(_Endpoint):
 
     def _read(self, timeout_s: float | None, copy: bool) -> object:
         """The Python path: waiting past the spin, new generations, buffers, pins."""
-        q, i = self._ctrl.q, self._ctrl.i
+        ctrl = self._ctrl  # one mapping throughout (see _Ctrl)
+        q, i = ctrl.q, ctrl.i
         if self._unpinned:
             self._drain_unpinned()  # publish dropped values before we may sleep
         core = self._core
@@ -164,7 +165,7 @@ class ShmRingReader(_Endpoint):
         if q[_WRITE_SEQ // 8] <= seq or i[_CLOSED // 4]:
             self._wait_data(seq, deadline_after(timeout_s), spun=core.spun)
         rec = _SLOT_RECORD.unpack_from(
-            self._ctrl.seg.view,  # type: ignore[arg-type]
+            ctrl.seg.view,  # type: ignore[arg-type]
             self._slots_off + _LINE * (seq % self.spec.nslots),
         )
         r_seq, gen, pid, fd, slot_bytes, base, meta_len, nbufs = rec
@@ -288,7 +289,8 @@ class ShmRingReader(_Endpoint):
                 return
 
     def _apply_unpinned(self) -> None:
-        if self._ctrl.seg.view is None:
+        ctrl = self._ctrl  # one mapping throughout (see _Ctrl)
+        if ctrl.seg.view is None:
             return
         while self._unpinned:
             self._pinned.pop(self._unpinned.popleft(), None)
@@ -297,8 +299,8 @@ class ShmRingReader(_Endpoint):
         if pin != self._published_pin:
             # The description first: the writer reads pinned_seq, then the description.
             desc = pin[1].encode()[: _DESC_BYTES - 1] + b"\0"
-            self._ctrl.seg.view[self._desc_off : self._desc_off + len(desc)] = desc
-            self._ctrl.q[self._pinned_off] = oldest
+            ctrl.seg.view[self._desc_off : self._desc_off + len(desc)] = desc
+            ctrl.q[self._pinned_off] = oldest
             self._published_pin = pin
         released = min(oldest, self._core.next)
         if released > self._ctrl.q[self._released_off]:  # released_seq only moves forward
@@ -306,6 +308,9 @@ class ShmRingReader(_Endpoint):
 
     def _map_generation(self, gen: int, pid: int, fd: int, slot_bytes: int) -> Segment:
         seg = Segment.open(pid, fd, self.spec.nslots * slot_bytes)
+        if self._closed_locally:  # closed by another thread meanwhile: keep nothing mapped
+            seg.close()
+            raise ChannelClosed(f"channel {self.spec.name!r} is closed")
         # Values are written in seq order and generation numbers only increase (their
         # slots grow, and shrink back), so no later read needs an older generation:
         # unmap them (pinned values keep their own mapping, through their Pin).
@@ -316,7 +321,8 @@ class ShmRingReader(_Endpoint):
         return seg
 
     def _wait_data(self, seq: int, deadline: float, spun: bool) -> None:
-        q, i = self._ctrl.q, self._ctrl.i
+        ctrl = self._ctrl  # one mapping throughout (see _Ctrl)
+        q, i = ctrl.q, ctrl.i
 
         def check_writer() -> None:
             pid, start = i[_WRITER_PID // 4], q[_WRITER_START // 8]
@@ -338,6 +344,7 @@ class ShmRingReader(_Endpoint):
         if self._closed_locally:
             return
         super().close()
+        self._core.set_ctrl(self._ctrl.seg.mm, self._ctrl.addr)  # the closed copy
         self._core.detach()
         for seg in self._gens.values():
             seg.close()

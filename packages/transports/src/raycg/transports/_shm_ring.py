@@ -168,7 +168,18 @@ class ShmRingSpec:
 
 
 class _Ctrl:
-    """Typed views over the control segment."""
+    """Typed views over the control segment.
+
+    An endpoint's close() unmaps its control segment at once, not when the endpoint is
+    garbage, although other threads may still be inside its methods (a read that a
+    teardown's close wakes, a finalizer that unpins a value). So nothing releases the
+    mapping explicitly: close() swaps the endpoint's ``_ctrl`` for a private copy that
+    says closed (:meth:`closed_copy`) and drops its references, and the memory goes
+    with the last one. A method that uses the control segment takes ``ctrl =
+    self._ctrl`` once and uses only that: its local keeps the mapping it started
+    with, views and raw addresses alike, until it returns (a late call finds the copy
+    and raises ChannelClosed). The C cores hold it the same way across each call.
+    """
 
     def __init__(self, seg: Segment):
         assert seg.view is not None
@@ -176,6 +187,10 @@ class _Ctrl:
         self.q = seg.view.cast("Q")  # index = byte offset // 8
         self.i = seg.view.cast("I")  # index = byte offset // 4
         self.addr = seg.address
+
+    def closed_copy(self) -> _Ctrl:
+        """A copy of the segment as it is now (closed), in private memory."""
+        return _Ctrl(Segment.private_copy(self.seg))
 
     def release(self) -> None:
         self.q.release()
@@ -235,8 +250,8 @@ class ShmRing:
     def close(self) -> None:
         """Mark the ring closed (waking every waiter) and drop the owner's segments.
 
-        Endpoints already open keep their mappings until they are dropped; the memory
-        is freed by the kernel when the last one goes.
+        Endpoints already open keep their mappings until they are closed (or dropped);
+        the memory is freed by the kernel when the last one goes.
         """
         if self._closed:
             return
@@ -317,7 +332,8 @@ class _Endpoint(Channel):
         Where every process in ``peers()`` ((pid, start time) of those we wait for) is
         watched by pidfd, its exit bumps our futex word, and the slices are long.
         """
-        i = self._ctrl.i
+        ctrl = self._ctrl  # one mapping throughout, even if close() swaps it meanwhile
+        i, addr = ctrl.i, ctrl.addr
         spin()
         while True:
             self._check_closed()
@@ -335,7 +351,7 @@ class _Endpoint(Channel):
                 continue
             left = remaining(deadline)
             if left > 0:
-                _futex.futex_wait(self._ctrl.addr + futex_off, expected, min(left, slice_s))
+                _futex.futex_wait(addr + futex_off, expected, min(left, slice_s))
             i[waiting_index] = 0
             if left <= 0:
                 self._check_closed()
@@ -363,7 +379,8 @@ class _Endpoint(Channel):
         key = (pid, start)
         if key in self._watches:
             return self._watches[key]
-        wake = functools.partial(_wake_sleepers, self._ctrl.seg.mm, self._ctrl.addr)
+        ctrl = self._ctrl  # the waker holds the very mapping it bumps
+        wake = functools.partial(_wake_sleepers, ctrl.seg.mm, ctrl.addr)
         w = self._watches[key] = _liveness.watch(pid, start, wake)
         # A close() on another thread (teardown, while this one goes to sleep) may have
         # run its _unwatch between the check above and the insertion: the new watch,
@@ -388,12 +405,18 @@ class _Endpoint(Channel):
         self._finalizer.atexit = False  # a process that exits is a dead peer, not a close
 
     def close(self) -> None:
+        """Close the channel for every endpoint (waking every waiter) and unmap this
+        one's control segment: at once, or as soon as a call still running on another
+        thread returns (see _Ctrl). Subclasses then hand their core the copy and drop
+        their data mappings (a zero-copy value pins its own)."""
         if self._closed_locally:
             return
         self._closed_locally = True
         self._finalizer.detach()
-        _close_shared(self._ctrl.seg)
+        ctrl = self._ctrl
+        _close_shared(ctrl.seg)
         _unwatch(self._watches)
+        self._ctrl = ctrl.closed_copy()  # after _close_shared: the copy says closed
 
 
 def _close_on_drop(ctrl: Segment, pid: int, watches: dict[Any, _liveness.PeerWatch | None]) -> None:

@@ -29,7 +29,7 @@ import struct
 from . import _liveness, _native, _serde
 from ._channel import wrong_end
 from ._deadline import deadline_after
-from ._errors import ChannelBroken, ChannelTimeout, SlotPinned
+from ._errors import ChannelBroken, ChannelClosed, ChannelTimeout, SlotPinned
 from ._segment import PAGE_BYTES, Segment, round_up
 from ._shm_ring import (
     _ALIGN,
@@ -171,13 +171,14 @@ class ShmRingWriter(_Endpoint):
             self._grow(total)
         elif self._slot_bytes > self._base_slot_bytes:
             self._count_toward_shrink(total)
-        q = self._ctrl.q
+        ctrl = self._ctrl  # one mapping throughout (see _Ctrl)
+        q = ctrl.q
         q[_WRITING // 8] = seq + 1  # a reader waiting for seq spins through our copy
         try:
             base = core.pick_region() * self._slot_bytes
             self._fill_slot(base, meta, raws, offsets)
             _SLOT_RECORD.pack_into(
-                self._ctrl.seg.view,  # type: ignore[arg-type]
+                ctrl.seg.view,  # type: ignore[arg-type]
                 self._slots_off + _LINE * (seq % self.spec.nslots),
                 seq,
                 self._gen,
@@ -236,15 +237,17 @@ class ShmRingWriter(_Endpoint):
 
     def _reader_processes(self) -> list[tuple[int, int]]:
         """(pid, start time) of every reader (pid 0: not attached yet)."""
-        q, i = self._ctrl.q, self._ctrl.i
+        ctrl = self._ctrl
+        q, i = ctrl.q, ctrl.i
         lines = [_READERS + _LINE * r for r in range(self.spec.nreaders)]
         return [(i[(line + _R_PID) // 4], q[(line + _R_START) // 8]) for line in lines]
 
     def _pinned_by(self, need: int) -> SlotPinned | None:
         """The error to raise if a lagging reader pins a slot we need, else None."""
-        q = self._ctrl.q
+        ctrl = self._ctrl  # one mapping throughout (see _Ctrl)
+        q = ctrl.q
         descs = _descs_offset(self.spec.nreaders, self.spec.nslots)
-        view = self._ctrl.seg.view
+        view = ctrl.seg.view
         assert view is not None
         for r, off in enumerate(self._released_offs):
             pinned_seq = q[(_READERS + _LINE * r + _R_PINNED) // 8]
@@ -262,7 +265,8 @@ class ShmRingWriter(_Endpoint):
         return None
 
     def _check_readers_alive(self, need: int) -> None:
-        q, i = self._ctrl.q, self._ctrl.i
+        ctrl = self._ctrl
+        q, i = ctrl.q, ctrl.i
         for r, off in enumerate(self._released_offs):
             if q[off] >= need:
                 continue
@@ -292,6 +296,9 @@ class ShmRingWriter(_Endpoint):
         current one is freed once every value in it is released."""
         gen = self._gen + 1
         seg = Segment.create(self.spec.nslots * slot_bytes, f"{self.spec.name}.data.{gen}")
+        if self._closed_locally:  # closed by another thread meanwhile: keep nothing mapped
+            seg.close()
+            raise ChannelClosed(f"channel {self.spec.name!r} is closed")
         self._old.append((self._gen, self._core.seq - 1, self._data))
         self._data, self._gen, self._slot_bytes = seg, gen, slot_bytes
         self._use_data(seg)
@@ -327,6 +334,7 @@ class ShmRingWriter(_Endpoint):
         if self._closed_locally:
             return
         super().close()
+        self._core.set_ctrl(self._ctrl.seg.mm, self._ctrl.addr)  # the closed copy
         self._core.detach()
         # The writer owns the generations it grew: readers that mapped them keep them.
         for _, _, seg in self._old:
