@@ -64,3 +64,19 @@ def test_any_grpc_reply_is_a_raylet_that_answers() -> None:
     with rt.GrpcServer("127.0.0.1:0") as server:
         host, port = server.address.rsplit(":", 1)
         assert _remote_death._raylet((host, int(port))) == "answers"
+
+
+def test_a_raylet_is_asked_directly_never_through_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Through the proxy http_proxy names, an answering raylet would look silent (and the
+    # lookup would wait for Ray's node-death window), and the call go to another address.
+    with socket.socket() as proxy, rt.GrpcServer("127.0.0.1:0") as server:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen(4)
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("grpc_proxy", raising=False)
+        host, port = server.address.rsplit(":", 1)
+        assert _remote_death._raylet((host, int(port))) == "answers"
+        proxy.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nobody ever connected to the proxy
+            proxy.accept()

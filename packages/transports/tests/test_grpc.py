@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 
 import numpy as np
@@ -321,6 +322,32 @@ def test_an_unreachable_node_is_a_clear_error() -> None:
         address = server.address  # a port nobody listens on once the server stopped
     with pytest.raises(ChannelBroken, match=f"no connection to {address}"):
         rt.GrpcWriter(rt.GrpcChannelSpec("edge", 2, (rt.GrpcTarget(address, "edge"),)), connect_timeout_s=0.5)
+
+
+def test_a_stream_goes_straight_to_its_node_never_through_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # gRPC sends a channel through the proxy http_proxy names unless told not to: the
+    # values would go to an address that is not the node's (and stall there).
+    with socket.socket() as proxy:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen(4)
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("grpc_proxy", raising=False)
+        ring = rt.ShmRing(2, 1, name="direct")
+        reader = ring.open_reader(0)
+        try:
+            with rt.GrpcServer("127.0.0.1:0") as server:
+                server.add_ring("edge", ring.spec)
+                target = rt.GrpcTarget(server.address, "edge")
+                with rt.GrpcWriter(rt.GrpcChannelSpec("edge", 2, (target,)), connect_timeout_s=5) as w:
+                    w.write("direct")
+                    assert reader.read(timeout_s=30) == "direct"
+        finally:
+            reader.close()
+            ring.close()
+        proxy.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nobody ever connected to the proxy
+            proxy.accept()
 
 
 def test_a_ring_never_registered_is_refused() -> None:

@@ -152,7 +152,9 @@ def _raylet(address: tuple[str, int]) -> str:
         return "silent"  # a timeout, or no route: a network cut or a machine gone
     import grpc  # a dependency of raycg; loaded here only on a fault
 
-    with grpc.insecure_channel(f"{address[0]}:{address[1]}") as channel:
+    # Not through a proxy that http_proxy may name: the raylet itself must answer.
+    direct = [("grpc.enable_http_proxy", 0)]
+    with grpc.insecure_channel(f"{address[0]}:{address[1]}", options=direct) as channel:
         try:
             channel.unary_unary(_HEALTH_CHECK)(b"", timeout=ANSWER_TIMEOUT_S)
         except grpc.RpcError as e:

@@ -107,6 +107,9 @@ CLIENT_OPTIONS = [
     # and every stream gets its own connection (no head-of-line blocking between edges).
     ("grpc.enable_retries", 0),
     ("grpc.use_local_subchannel_pool", 1),
+    # Straight to the node's address, never through a proxy that http_proxy or grpc_proxy
+    # may name (gRPC honors them by default; Ray turns them off for its own channels, too).
+    ("grpc.enable_http_proxy", 0),
 ]
 SERVER_OPTIONS = [
     *_KEEPALIVE,
