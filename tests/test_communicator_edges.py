@@ -270,6 +270,42 @@ def test_bad_communicators_are_refused_at_compile_naming_them(actors: list) -> N
         raycg.compile(dag)
 
 
+def _refuse_to_load() -> object:
+    raise ValueError("this object cannot be unpickled here")
+
+
+class Unloadable:
+    """Pickles, but raises when unpickled (a class the reader cannot rebuild)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_refuse_to_load, ())
+
+
+@ray.remote(num_cpus=0)
+class Packer:
+    def pack(self, x: Any) -> Any:
+        return (x, Unloadable()) if float(x[0]) < 0 else x
+
+
+def test_an_undecodable_value_on_a_communicator_edge_fails_alone(ray_local: None) -> None:
+    # The reader cannot rebuild the first value: that execution fails, its tensors are
+    # received all the same, so the next value's are not taken for them.
+    a, b = Packer.remote(), Worker.remote()
+    try:
+        with InputNode() as inp:
+            dag = b.echo.bind(a.pack.bind(inp).with_tensor_transport(transport=CpuTwin([a, b])))
+        graph = raycg.compile(dag, get_timeout=60)
+        try:
+            with pytest.raises(TypeError, match="could not be deserialized"):
+                ray.get(graph.execute(torch.full((2,), -1.0)))
+            assert ray.get(graph.execute(torch.full((2,), 2.0))).tolist() == [2.0, 2.0]
+        finally:
+            graph.teardown()
+    finally:
+        ray.kill(a)
+        ray.kill(b)
+
+
 def test_a_writer_that_never_sends_times_out_and_teardown_returns(ray_local: None) -> None:
     stall = [{"rank": 0, "op": "send", "after": 2, "seconds": 3600}]
     env = {"env_vars": {"RAYCG_COMM_FAULTS": json.dumps(stall)}}

@@ -17,6 +17,10 @@ channel (``meta``: the edge's ShmRing or gRPC channel), as one small message.
   so the header of a static edge is the placeholder skeleton alone.
 - A value the communicator cannot take (a tensor on another device than ``device``)
   is refused before anything is written: ValueNotSerializable, the channel stays in step.
+- A value's tensors are received even where the rest of it cannot be unpickled (a
+  class the reader lacks): that part travels pickled apart (``_Packed``), unpickled
+  once the tensors came, so its failure is that value's alone and the next value's
+  tensors are never taken for its own.
 - The communicator belongs to the caller: closing a channel closes ``meta`` only.
 
 Tensors inside objects other than tuples, lists and dicts are not looked for: they
@@ -25,9 +29,11 @@ travel inside the value, through ``meta``, as that channel carries any value.
 
 from __future__ import annotations
 
+import pickle
 import sys
 from typing import Any
 
+from . import _serde
 from ._channel import Channel, wrong_end
 from ._communicator import Allocator, Communicator
 from ._errors import ChannelBroken, ChannelError, ValueNotSerializable
@@ -46,6 +52,29 @@ class _At:
 
     def __reduce__(self) -> tuple[Any, tuple[int]]:
         return (_At, (self.i,))
+
+
+class _Packed:
+    """A header's skeleton, pickled apart from the tensors' metadata: a reader that
+    cannot rebuild it still receives the tensors (see the module's docstring). Its
+    buffers travel out of band, without a copy more."""
+
+    __slots__ = ("buffers", "stream")
+
+    def __init__(self, stream: bytes, buffers: list[Any]):
+        self.stream, self.buffers = stream, buffers
+
+    @classmethod
+    def of(cls, skeleton: Any) -> _Packed:
+        """Raises: ValueNotSerializable (nothing was written)."""
+        return cls(*_serde.encode(skeleton))
+
+    def load(self) -> Any:
+        """The skeleton; raises whatever its unpickling raises."""
+        return _serde.decode(self.stream, self.buffers)
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes, list[pickle.PickleBuffer]]]:
+        return (_Packed, (self.stream, [pickle.PickleBuffer(b) for b in self.buffers]))
 
 
 def _split(value: Any, torch: Any, out: list[Any]) -> Any:
@@ -143,6 +172,8 @@ class TensorWriter(Channel):
                     "before returning it"
                 )
         sent = [_plain(t) for t in tensors]
+        if sent and type(skeleton) is not _At:  # anything beside the tensors: pickled apart
+            skeleton = _Packed.of(skeleton)
         meta: Meta = [(tuple(t.shape), _dtype_name(t.dtype)) for t in sent]
         header = (skeleton, None if self._static and meta == self._last else meta)
         self._meta.write(header, timeout_s)
@@ -198,6 +229,8 @@ class TensorReader(Channel):
                 no tensors within ``recv_timeout_s`` after it (the communicator is aborted).
             ChannelBroken: the header is not one, or the communicator failed.
             ChannelClosed: ``meta`` was closed or the communicator aborted.
+            Exception: what unpickling the value's non-tensor part raised (its tensors
+                were received: the channel stays in step).
         """
         header: Any = self._meta.read(timeout_s)
         try:
@@ -213,6 +246,8 @@ class TensorReader(Channel):
         if not recvs:
             return skeleton
         tensors = _guard(lambda: self._comm.recv_batch(recvs, self._recv_timeout_s), self._comm, "recv")
+        if isinstance(skeleton, _Packed):
+            skeleton = skeleton.load()  # may raise: this value's failure, the edge in step
         return _join(skeleton, tensors)
 
     def _dtype(self, name: str) -> Any:
