@@ -4,14 +4,17 @@ transports compute it, and how a remote raylet is told refused, silent or answer
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
 import raycg.transports as rt
+from raycg.proto import ActorPlan, Plan
 from raycg.runtime import _remote_death
 
 _BOTH = (
@@ -80,3 +83,63 @@ def test_a_raylet_is_asked_directly_never_through_a_proxy(monkeypatch: pytest.Mo
         proxy.setblocking(False)
         with pytest.raises(BlockingIOError):  # nobody ever connected to the proxy
             proxy.accept()
+
+
+def test_a_caller_waiting_for_the_first_ones_answer_keeps_its_own_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first caller looks (here: for as long as it may, with no timeout of its own);
+    # a second one, with a 0.5 s budget, waits for that answer only as long as its budget.
+    looking, release = threading.Event(), threading.Event()
+
+    def slow_look(*_: object) -> None:
+        looking.set()
+        release.wait(60)
+
+    monkeypatch.setattr(_remote_death, "_look", slow_look)
+    plan = Plan(driver_node_id="aa", actors=[ActorPlan(actor_id="b1", node_id="bb")])
+    death = _remote_death.RemoteDeath.of(plan)
+    assert death is not None
+    first = threading.Thread(target=death.first_dead, args=(math.inf,))
+    first.start()
+    try:
+        assert looking.wait(30)
+        second = threading.Thread(target=death.first_dead, args=(0.5,))
+        second.start()
+        second.join(30)  # about 0.5 s, plus a round of probes; the first looks for 60 s
+        assert not second.is_alive()
+        assert first.is_alive()
+    finally:
+        release.set()
+        first.join(30)
+
+
+def test_no_raylet_is_probed_past_the_callers_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ten remote nodes, every raylet silent, each probe most of a second: a lookup with a
+    # 0.5 s budget must stop probing once it is spent, not finish the round.
+    import ray
+    from ray._private import state
+
+    nodes = [f"n{i}" for i in range(10)]
+    monkeypatch.setattr(
+        ray,
+        "nodes",
+        lambda: [
+            {"NodeID": n, "Alive": True, "NodeManagerAddress": "127.0.0.1", "NodeManagerPort": 1}
+            for n in nodes
+        ],
+    )
+    monkeypatch.setattr(state, "actors", lambda actor_id: {"State": "ALIVE"})
+    probes: list[tuple[str, int]] = []
+
+    def silent(address: tuple[str, int]) -> str:
+        probes.append(address)
+        threading.Event().wait(0.4)
+        return "silent"
+
+    monkeypatch.setattr(_remote_death, "_raylet", silent)
+    plan = Plan(driver_node_id="aa", actors=[ActorPlan(actor_id=f"a{n}", node_id=n) for n in nodes])
+    death = _remote_death.RemoteDeath.of(plan)
+    assert death is not None
+    assert death.first_dead(0.5) is None
+    assert len(probes) <= 2

@@ -86,8 +86,10 @@ class RemoteDeath:
             finally:
                 asked.set()
         else:
+            # Bounded by this caller's budget, not the first's: a get with a shorter
+            # timeout than the lookup's caller must not wait for its whole answer.
             per_round = len(self._remote) * (CONNECT_TIMEOUT_S + ANSWER_TIMEOUT_S)
-            asked.wait(self._wait_s + per_round + 1.0)
+            asked.wait(min(self._wait_s, budget_s) + per_round + 1.0)
         return self._answer
 
 
@@ -96,7 +98,7 @@ def _look(remote: list[tuple[str, str]], bound_s: float, silent_bound_s: float) 
     answering, or ``bound_s`` has passed (``silent_bound_s`` while a raylet is silent)."""
     start = time.monotonic()
     while True:
-        found, silent = _dead_now(remote)
+        found, silent = _dead_now(remote, start + bound_s)
         if found is not None:
             return found
         waited = time.monotonic() - start
@@ -106,8 +108,9 @@ def _look(remote: list[tuple[str, str]], bound_s: float, silent_bound_s: float) 
         time.sleep(INTERVAL_S)
 
 
-def _dead_now(remote: list[tuple[str, str]]) -> tuple[tuple[str, str] | None, bool]:
-    """(the first dead actor found, or None; whether some remote raylet is silent)."""
+def _dead_now(remote: list[tuple[str, str]], deadline: float) -> tuple[tuple[str, str] | None, bool]:
+    """(the first dead actor found, or None; whether some remote raylet is silent). No
+    raylet is probed past ``deadline`` (each probe may take most of a second)."""
     from ray._private import state  # Ray's actor table: no public API without a dashboard
 
     try:
@@ -130,6 +133,8 @@ def _dead_now(remote: list[tuple[str, str]]) -> tuple[tuple[str, str] | None, bo
         node = nodes.get(node_id)
         if node is None or node_id in probed:
             continue
+        if time.monotonic() >= deadline:
+            break
         probed.add(node_id)
         address = (node["NodeManagerAddress"], int(node["NodeManagerPort"]))
         where = f"{address[0]}:{address[1]}"
