@@ -38,7 +38,8 @@ from ._inputs import InputSignature
 from ._projection import compile_projections
 from ._ref import GraphFuture, GraphRef, install_get_hook
 from ._remote_death import RemoteDeath
-from ._results import Fault, Results
+from ._result_buffer import Fault
+from ._results import Results
 
 TEARDOWN_TIMEOUT_S = 10.0
 
