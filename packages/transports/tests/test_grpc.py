@@ -11,6 +11,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -266,6 +268,29 @@ def test_a_bad_silence_setting_is_refused_by_name(name: str) -> None:
 
     with pytest.raises(ValueError, match=name):
         silence_s({name: "soon"})
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"RAYCG_GRPC_SILENCE_S": "inf"},
+        {"RAYCG_GRPC_SILENCE_S": "1e7"},  # past what gRPC's millisecond ints hold
+        {"RAY_health_check_failure_threshold": "1000000"},  # a Ray that never gives up
+    ],
+)
+def test_an_extreme_silence_window_still_makes_streams(env: dict[str, str]) -> None:
+    # In a fresh process: the window is read once, at import.
+    code = (
+        "import raycg.transports as rt; s = rt.GrpcServer('127.0.0.1:0'); "
+        "r = rt.ShmRing(1, 1, name='w'); s.add_ring('w', r.spec); rd = r.open_reader(0); "
+        "w = rt.GrpcWriter(rt.GrpcChannelSpec('w', 1, (rt.GrpcTarget(s.address, 'w'),))); "
+        "w.write(7); assert rd.read(timeout_s=30) == 7; w.close(); rd.close(); s.stop(); r.close()"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_health_check", "RAYCG_GRPC"))}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 # --- close ----------------------------------------------------------------------------

@@ -88,12 +88,20 @@ CLOSE_TIMEOUT_S = 1.0
 POLL_S = 0.1
 MAX_MESSAGE_BYTES = 8 << 20
 
+
+def _ms(seconds: float) -> int:
+    """``seconds`` as gRPC's integer milliseconds: at least 1 (0 would not be a window),
+    at most what its C int holds (~24.8 days: an endless window, ``inf`` or a Ray
+    configured never to declare a node dead, is as good as that)."""
+    return int(min(max(seconds * 1000, 1), 2**31 - 1))
+
+
 _KEEPALIVE = [
-    ("grpc.keepalive_time_ms", int(KEEPALIVE_S * 1000)),
-    ("grpc.keepalive_timeout_ms", int(SILENCE_S * 1000)),
+    ("grpc.keepalive_time_ms", _ms(KEEPALIVE_S)),
+    ("grpc.keepalive_timeout_ms", _ms(SILENCE_S)),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.http2.ping_timeout_ms", int(SILENCE_S * 1000)),
+    ("grpc.http2.ping_timeout_ms", _ms(SILENCE_S)),
 ]
 _LIMITS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
