@@ -244,6 +244,38 @@ def test_abort_wakes_a_waiter_in_another_thread() -> None:
         b.destroy()
 
 
+def test_an_abort_wakes_a_transfer_between_two_other_members() -> None:
+    # a aborts; b waits on c's ring to it (a receive) and on its own full ring to c (a
+    # send): neither ring is a's, and both wake with ChannelClosed, not at their timeouts.
+    with CpuCommGroup(3, name="abort3") as group:
+        a, b, c = (CpuCommunicator(group.spec, r, timeout_s=None) for r in range(3))
+        for k in range(4):  # the ring from b to c holds 4 values: the fifth send waits
+            b.send(torch.full((2,), float(k)), 2)
+        errors: list[BaseException] = []
+
+        def blocked(call: Any) -> None:
+            try:
+                call()
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [
+            threading.Thread(target=blocked, args=(lambda: b.recv((2,), torch.float32, 2),)),
+            threading.Thread(target=blocked, args=(lambda: b.send(torch.ones(2), 2),)),
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        assert not errors
+        a.abort()
+        for t in threads:
+            t.join(10)
+            assert not t.is_alive()
+        assert [type(e) for e in errors] == [ChannelClosed, ChannelClosed], errors
+        for comm in (a, b, c):
+            comm.destroy()
+
+
 def test_bad_arguments_are_named() -> None:
     with CpuCommGroup(2, name="bad") as group:
         c = CpuCommunicator(group.spec, 0)

@@ -169,6 +169,23 @@ def test_abort_on_one_node_wakes_the_waiters_of_the_other() -> None:
         b.destroy()
 
 
+def test_an_abort_wakes_a_transfer_between_two_other_members() -> None:
+    # Rank 0 aborts; rank 1 (its node) waits to receive from rank 2 (the other node):
+    # that ring is not rank 0's, and the wait ends with ChannelClosed all the same.
+    with group(((0, 1), (2,)), p2p=True) as spec:
+        comms = [CpuNetCommunicator(spec, r, timeout_s=None) for r in range(3)]
+        errors: list[BaseException] = []
+        thread = _blocked(lambda: comms[1].recv((2,), torch.float32, 2), errors)
+        time.sleep(0.3)
+        assert not errors
+        comms[0].abort()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert [type(e) for e in errors] == [ChannelClosed], errors
+        for comm in comms:
+            comm.destroy()
+
+
 def test_a_lone_member_times_out_naming_the_other_node() -> None:
     with group(((0,), (1,))) as spec:
         a = CpuNetCommunicator(spec, 0)

@@ -17,7 +17,9 @@ equal torch's reference (``reduce(torch.add, tensors)``) bit for bit.
 
 A wait past its timeout aborts the group (sets ``aborted`` and wakes everyone, closes
 the p2p rings) and raises ChannelTimeout; the others' waits then end with
-ChannelClosed, so no thread stays blocked.
+ChannelClosed, so no thread stays blocked. An abort closes only the aborting member's
+rings, so a p2p wait on a ring between two other members waits in slices
+(:func:`sliced`) and looks at the group's ``aborted`` word between them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 
 from ._communicator import Allocator, Communicator, ReduceOp
 from ._cpu_comm_segment import ARRIVED, DONE, REDUCED, CpuCommGroup, CpuCommSpec, MemberSegment
-from ._deadline import deadline_after
+from ._deadline import deadline_after, remaining
 from ._errors import ChannelBroken, ChannelClosed, ChannelError, ChannelTimeout
 from ._shm_reader import ShmRingReader
 from ._shm_writer import ShmRingWriter
@@ -41,6 +43,8 @@ DEFAULT_TIMEOUT_S = 30.0
 # Up to this size every member reduces all contributions itself (one barrier less);
 # above it the reduction is split by chunks.
 _SPLIT_MIN_BYTES = 64 << 10
+# How often a p2p wait looks at the group's aborted word (another member's abort).
+_ABORT_POLL_S = 0.1
 
 
 def _torch() -> Any:
@@ -120,8 +124,10 @@ class CpuCommunicator(Communicator):
         """
         writer = self._peer(self._writers, peer_rank, "send to")
         _check_cpu(tensor, "send")
+        value = tensor.detach()
         self._guard(
-            lambda: writer.write(tensor.detach(), self._timeout(timeout_s)), f"send to rank {peer_rank}"
+            lambda: sliced(lambda t: writer.write(value, t), self._timeout(timeout_s), lambda: self.aborted),
+            f"send to rank {peer_rank}",
         )
 
     def recv(
@@ -141,7 +147,10 @@ class CpuCommunicator(Communicator):
         """
         reader = self._peer(self._readers, peer_rank, "receive from")
         got = self._guard(
-            lambda: reader.read(self._timeout(timeout_s), copy=True), f"recv from rank {peer_rank}"
+            lambda: sliced(
+                lambda t: reader.read(t, copy=True), self._timeout(timeout_s), lambda: self.aborted
+            ),
+            f"recv from rank {peer_rank}",
         )
         torch = _torch()
         if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(shape) or got.dtype != dtype:
@@ -380,6 +389,26 @@ class CpuCommunicator(Communicator):
         seg, self._seg = self._seg, None
         if seg is not None:
             seg.close()
+
+
+def sliced(call: Callable[[float], Any], timeout_s: float | None, aborted: Callable[[], bool]) -> Any:
+    """``call(t)``, a ring read or write that does nothing when it times out, in waits of
+    at most _ABORT_POLL_S until ``timeout_s``: another member's abort wakes no ring of
+    ours, so between waits we look at ``aborted()``.
+
+    Raises:
+        ChannelClosed: the group was aborted.
+        ChannelTimeout: nothing came (or no room) until ``timeout_s``.
+    """
+    deadline = deadline_after(timeout_s)
+    while True:
+        try:
+            return call(min(remaining(deadline), _ABORT_POLL_S))
+        except ChannelTimeout:
+            if aborted():
+                raise ChannelClosed("the communicator was aborted") from None
+            if remaining(deadline) <= 0:
+                raise
 
 
 def flat_buffers(

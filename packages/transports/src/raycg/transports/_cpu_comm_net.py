@@ -47,7 +47,7 @@ from typing import Any
 
 from ._channel import Channel
 from ._communicator import Allocator, Communicator, ReduceOp
-from ._cpu_comm import DEFAULT_TIMEOUT_S, _check_cpu, _put, _torch, flat_buffers
+from ._cpu_comm import DEFAULT_TIMEOUT_S, _check_cpu, _put, _torch, flat_buffers, sliced
 from ._cpu_comm_net_leader import Leader
 from ._cpu_comm_net_links import Links
 from ._cpu_comm_net_node import CpuNetSpec, p2p_id
@@ -160,9 +160,15 @@ class CpuNetCommunicator(Communicator):
         writer = self._writers.get(peer_rank)
         if writer is None:
             writer = self._open_remote_writer(peer_rank)
-        self._guard(
-            lambda: writer.write(tensor.detach(), self._timeout(timeout_s)), f"send to rank {peer_rank}"
-        )
+        value, timeout = tensor.detach(), self._timeout(timeout_s)
+
+        def write() -> None:
+            if isinstance(writer, ShmRingWriter):  # another member's abort wakes no ring of ours
+                sliced(lambda t: writer.write(value, t), timeout, lambda: self.aborted)
+            else:  # a gRPC stream's write may have sent part of a value when it times out
+                writer.write(value, timeout)
+
+        self._guard(write, f"send to rank {peer_rank}")
 
     def _open_remote_writer(self, peer: int) -> Channel:
         from ._grpc_stream import GrpcTarget  # grpcio loads on the first remote send only
@@ -200,7 +206,10 @@ class CpuNetCommunicator(Communicator):
         if reader is None or peer_rank == self._rank:
             raise self._bad_peer(peer_rank, "receive from")
         got = self._guard(
-            lambda: reader.read(self._timeout(timeout_s), copy=True), f"recv from rank {peer_rank}"
+            lambda: sliced(
+                lambda t: reader.read(t, copy=True), self._timeout(timeout_s), lambda: self.aborted
+            ),
+            f"recv from rank {peer_rank}",
         )
         torch = _torch()
         if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(shape) or got.dtype != dtype:
