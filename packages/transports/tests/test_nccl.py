@@ -300,3 +300,92 @@ def test_a_writer_that_never_sends_its_tensors_times_out_the_reader_and_aborts(k
     assert writer == ("stalled", "then closed") or (
         kind == "nccl" and writer == ("stalled", "then failed")
     ), writer
+
+
+# --- the NCCL code's stream order and polling, read through fakes (no GPU, no cupy) ----
+
+
+class _FakeStream:
+    def __init__(self, name: str, log: list[tuple[str, ...]]):
+        self.name, self.log, self.cuda_stream = name, log, id(self)
+
+    def wait_stream(self, other: _FakeStream) -> None:
+        self.log.append(("wait", self.name, other.name))
+
+
+class _FakeTensor:
+    """Enough of a CUDA tensor for NcclCommunicator: a copy is logged on `current`."""
+
+    def __init__(self, log: list[tuple[str, ...]], contiguous: bool = True):
+        self.log, self._contiguous = log, contiguous
+        self.device, self.dtype = type("D", (), {"type": "cuda", "index": 0})(), "torch.float32"
+
+    def detach(self) -> _FakeTensor:
+        return self
+
+    def contiguous(self) -> _FakeTensor:
+        if self._contiguous:
+            return self
+        self.log.append(("copy", "current"))
+        return _FakeTensor(self.log)
+
+    def is_contiguous(self) -> bool:
+        return self._contiguous
+
+    def numel(self) -> int:
+        return 4
+
+    def data_ptr(self) -> int:
+        return 0
+
+    def record_stream(self, stream: Any) -> None:
+        pass
+
+
+def _fake_nccl(done: bool = True) -> tuple[Any, list[tuple[str, ...]], list[int]]:
+    """A NcclCommunicator whose cupy, torch and CUDA are fakes; its log of stream
+    events, and how many times its CUDA events were polled."""
+    from types import SimpleNamespace
+
+    from raycg.transports._nccl import NcclCommunicator
+
+    log: list[tuple[str, ...]] = []
+    polls = [0]
+    current = _FakeStream("current", log)
+
+    class Event:
+        def record(self, stream: Any) -> None:
+            pass
+
+        def query(self) -> bool:
+            polls[0] += 1
+            return done
+
+    def op(name: str) -> Any:
+        return lambda *args: log.append(("nccl", name))
+
+    comm = NcclCommunicator((0,), 2, timeout_s=None)
+    comm._torch = SimpleNamespace(cuda=SimpleNamespace(current_stream=lambda device: current, Event=Event))
+    comm._nccl = SimpleNamespace(groupStart=lambda: None, groupEnd=lambda: None)
+    comm._comm = SimpleNamespace(
+        send=op("send"), recv=op("recv"), allReduce=op("allReduce"), check_async_error=lambda: None,
+        abort=lambda: None, destroy=lambda: None,
+    )  # fmt: skip
+    comm._rank, comm._device = 0, 0
+    comm._streams = {k: _FakeStream(k, log) for k in ("send", "recv", "coll")}
+    return comm, log, polls
+
+
+def test_nccl_streams_wait_for_the_copy_of_a_non_contiguous_tensor() -> None:
+    # A non-contiguous tensor is copied on the caller's stream: NCCL's stream must wait
+    # for that copy, so the wait comes after it (it came before: NCCL could read the
+    # copy's memory before the copy was done).
+    comm, log, _ = _fake_nccl()
+    comm.send(_FakeTensor(log, contiguous=False), 1)
+    assert (
+        log.index(("copy", "current")) < log.index(("wait", "send", "current")) < log.index(("nccl", "send"))
+    )
+    log.clear()
+    comm.allreduce(_FakeTensor(log, contiguous=False), _FakeTensor(log))
+    assert log.index(("copy", "current")) < log.index(("wait", "coll", "current"))
+    assert log.index(("wait", "coll", "current")) < log.index(("nccl", "allReduce"))

@@ -215,8 +215,6 @@ class NcclCommunicator(Communicator):
         torch, nccl = self._torch, self._nccl
         current = torch.cuda.current_stream(self._device)
         send_s, recv_s = self._streams["send"], self._streams["recv"]
-        send_s.wait_stream(current)
-        recv_s.wait_stream(current)
         out = []
         for shape, dtype, peer, allocator in recvs:
             self._check_peer(peer)
@@ -227,13 +225,17 @@ class NcclCommunicator(Communicator):
             )
             self._check_device(buf, "recv")
             out.append((buf, peer))
+        ready = []
         for tensor, peer in sends:
             self._check_peer(peer)
             self._check_device(tensor, "send")
+            ready.append((tensor.detach().contiguous(), peer))  # a copy runs on `current`
+        # Only now: the copies above are on `current` too, and the sends must follow them.
+        send_s.wait_stream(current)
+        recv_s.wait_stream(current)
         nccl.groupStart()
         try:
-            for tensor, peer in sends:
-                t = tensor.detach().contiguous()
+            for t, peer in ready:
                 kind, per = _nccl_type(t.dtype, False)
                 self._comm.send(t.data_ptr(), t.numel() * per, kind, peer, send_s.cuda_stream)
                 t.record_stream(send_s)
@@ -305,13 +307,13 @@ class NcclCommunicator(Communicator):
             raise ValueError(f"{name}: recv_buf has {recv_buf.numel()} elements, expected {n_recv}")
         torch = self._torch
         current, coll = torch.cuda.current_stream(self._device), self._streams["coll"]
-        coll.wait_stream(current)
-        send = send_buf.detach().contiguous()
+        send = send_buf.detach().contiguous()  # a copy runs on `current`: before the wait
         recv = (
             recv_buf
             if recv_buf.is_contiguous()
             else torch.empty_like(recv_buf, memory_format=torch.contiguous_format)
         )
+        coll.wait_stream(current)
         run(send.data_ptr(), recv.data_ptr(), coll.cuda_stream)
         send.record_stream(coll)
         self._wait(coll, timeout_s, name)
