@@ -389,3 +389,14 @@ def test_nccl_streams_wait_for_the_copy_of_a_non_contiguous_tensor() -> None:
     comm.allreduce(_FakeTensor(log, contiguous=False), _FakeTensor(log))
     assert log.index(("copy", "current")) < log.index(("wait", "coll", "current"))
     assert log.index(("wait", "coll", "current")) < log.index(("nccl", "allReduce"))
+
+
+def test_nccl_waits_on_a_late_peer_poll_slower_after_the_first_milliseconds() -> None:
+    from raycg.transports import ChannelTimeout
+
+    comm, _, polls = _fake_nccl(done=False)
+    with pytest.raises(ChannelTimeout, match="a member never joined"):
+        comm._wait(_FakeStream("recv", []), 1.0, "recv from rank(s) [1]")
+    # 2 ms at 20 µs, then at most 2 ms between polls: about 600 in the second (it was a
+    # poll every 20 µs throughout: tens of thousands, a core kept busy).
+    assert polls[0] < 800, polls[0]

@@ -15,7 +15,8 @@ install when it is used.
   made to wait for the caller's current stream first (the tensor is ready), and the
   tensors are recorded on them (the caching allocator does not reuse them too early).
 - Bounded waits: a call that must complete (recv, collectives) records a CUDA event and
-  polls it, checking ``check_async_error()``, until the deadline; past it the
+  polls it (every 20 µs for 2 ms, then every 2 ms: a member waiting on a late peer
+  stays nearly idle), checking ``check_async_error()``, until the deadline; past it the
   communicator is aborted (``ncclCommAbort``) and ChannelTimeout raised. ``abort()``
   from another thread ends every poll with ChannelClosed.
 - ``send_each`` (one tensor to several peers) and ``exchange`` (sends and receives
@@ -35,6 +36,10 @@ from ._errors import ChannelBroken, ChannelClosed, ChannelTimeout
 
 DEFAULT_TIMEOUT_S = 30.0
 _POLL_S = 20e-6  # between polls of a CUDA event: a NCCL hop takes ~10 µs
+# Polls that fast for this long; then the pause doubles up to _POLL_MAX_S, so that a
+# member waiting seconds for a late peer wakes ~500 times a second, not ~20,000.
+_POLL_FAST_S = 2e-3
+_POLL_MAX_S = 2e-3
 
 # NCCL's enum values (nccl.h), for cupy builds that do not export every name.
 _NCCL_OPS = {ReduceOp.SUM: 0, ReduceOp.PRODUCT: 1, ReduceOp.MAX: 2, ReduceOp.MIN: 3, ReduceOp.AVG: 4}
@@ -328,6 +333,7 @@ class NcclCommunicator(Communicator):
         event = self._torch.cuda.Event()
         event.record(stream)
         deadline = deadline_after(self.timeout_s if timeout_s is None else timeout_s)
+        pause, fast_until = _POLL_S, time.monotonic() + _POLL_FAST_S
         while not event.query():
             if self._aborted:
                 raise ChannelClosed(f"{self!r} was aborted")
@@ -341,7 +347,9 @@ class NcclCommunicator(Communicator):
                 raise ChannelTimeout(
                     f"{self!r}: timed out in {what}: a member never joined; the communicator is aborted"
                 )
-            time.sleep(_POLL_S)
+            time.sleep(pause)
+            if time.monotonic() >= fast_until:
+                pause = min(2 * pause, _POLL_MAX_S)
 
     def _check_open(self) -> None:
         if self._aborted:
