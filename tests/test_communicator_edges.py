@@ -306,6 +306,46 @@ def test_an_undecodable_value_on_a_communicator_edge_fails_alone(ray_local: None
         ray.kill(b)
 
 
+def _plan_over(inst_cid: str, collective: bool, nodes: dict[str, str]) -> Any:
+    """A plan by hand: actors a and b (on ``nodes``), the driver on node "n1", and an
+    edge a -> b or a collective of a and b over communicator ``inst_cid``."""
+    from raycg.proto import Plan, TensorTransport
+
+    plan = Plan(graph_id="g" * 16, driver_node_id="n1")
+    plan.communicators.add(communicator_id=inst_cid, members=["a", "b"], written="CpuTwin (transport of A.f)")
+    for actor in ("a", "b"):
+        ap = plan.actors.add(actor_id=actor, actor_label=f"Worker({actor})", node_id=nodes[actor])
+        if collective:
+            task = ap.tasks.add()
+            task.collective.collective_id = "coll0"
+            task.collective.transport = "communicator"
+            task.collective.communicator_id = inst_cid
+    if not collective:
+        ch = plan.channels.add(channel_id="ch0", label="A.f -> B.g")
+        ch.writer.actor_id = "a"
+        ch.readers.add(actor_id="b")
+        ch.tensor.transport = TensorTransport.TENSOR_COMMUNICATOR
+        ch.tensor.communicator_id = inst_cid
+    return plan
+
+
+def test_a_cpu_group_made_by_the_caller_is_refused_for_actors_on_another_node() -> None:
+    # raycg's CPU communicator stands in for CpuTwin (and Ray's CPUCommunicator in a
+    # collective) as a group the caller makes, a memfd that a member on another node
+    # cannot open (its setup failed, unclearly): refused before anything is made.
+    from ray.experimental.channel.cpu_communicator import CPUCommunicator
+
+    from raycg.runtime import _communicators
+
+    twin, rays = CpuTwin([]), CPUCommunicator(2, [])
+    for inst, collective in ((twin, False), (twin, True), (rays, True)):
+        away = _plan_over("comm0", collective, {"a": "n2", "b": "n2"})  # both on one other node
+        with pytest.raises(NotImplementedError, match=r"CpuTwin \(transport of A\.f\).*Worker\(a\) runs on"):
+            _communicators.refuse_unsupported(away, {"comm0": inst})
+        here = _plan_over("comm0", collective, {"a": "n1", "b": "n1"})
+        _communicators.refuse_unsupported(here, {"comm0": inst})  # the caller's node: fine
+
+
 def test_a_writer_that_never_sends_times_out_and_teardown_returns(ray_local: None) -> None:
     stall = [{"rank": 0, "op": "send", "after": 2, "seconds": 3600}]
     env = {"env_vars": {"RAYCG_COMM_FAULTS": json.dumps(stall)}}

@@ -142,9 +142,12 @@ def refuse_unsupported(plan: Plan, comms: dict[str, Any]) -> None:
     Raises:
         NotImplementedError: a Communicator edge whose instance this caller does not
             have (a plan made by hand), or over a :class:`CpuTwin` (shared memory on one
-            node) among actors on different Ray nodes, naming the edge.
+            node) among actors on different Ray nodes, naming the edge; a CpuTwin or Ray
+            ``CPUCommunicator`` that raycg's CPU communicator stands in for (its group
+            made here) with a member on another node than this caller's, naming it.
     """
     nodes = {a.actor_id: a.node_id for a in plan.actors}
+    _refuse_groups_elsewhere(plan, comms, nodes)
     for ch in plan.channels:
         if ch.tensor.transport != TensorTransport.TENSOR_COMMUNICATOR:
             continue
@@ -159,6 +162,41 @@ def refuse_unsupported(plan: Plan, comms: dict[str, Any]) -> None:
             raise NotImplementedError(
                 f"{ch.label or ch.channel_id}: raycg's CPU communicator is shared memory on one node, "
                 "and this edge's ends run on different Ray nodes"
+            )
+
+
+def _refuse_groups_elsewhere(plan: Plan, comms: dict[str, Any], nodes: dict[str, str]) -> None:
+    """make_groups makes a CpuCommGroup here for a CpuTwin that carries an edge and for a
+    CpuTwin or Ray CPUCommunicator that runs a collective: its memfd is reached through
+    /proc/<pid>/fd, on this node only, so every member must run on this node."""
+    here = plan.driver_node_id
+    if not here:
+        return
+    grouped = {
+        ch.tensor.communicator_id
+        for ch in plan.channels
+        if ch.tensor.transport == TensorTransport.TENSOR_COMMUNICATOR
+        and isinstance(comms.get(ch.tensor.communicator_id), CpuTwin)
+    } | {
+        t.collective.communicator_id
+        for ap in plan.actors
+        for t in ap.tasks
+        if t.HasField("collective")
+        and t.collective.transport == "communicator"
+        and (
+            isinstance(comms.get(t.collective.communicator_id), CpuTwin)
+            or is_ray_cpu_communicator(comms.get(t.collective.communicator_id))
+        )
+    }
+    labels = {a.actor_id: a.actor_label for a in plan.actors}
+    for c in plan.communicators:
+        away = [m for m in c.members if c.communicator_id in grouped and nodes.get(m) not in ("", None, here)]
+        if away:
+            raise NotImplementedError(
+                f"{c.written}: raycg's CPU communicator stands in for it, as shared memory made on "
+                f"the caller's node, and its actor {labels.get(away[0], away[0])} runs on another node; "
+                "bind the collective with transport='cpu' (raycg's CPU communicator across nodes), "
+                "or let a tensor edge between nodes ride its channel (transport='auto')"
             )
 
 
