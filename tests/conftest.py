@@ -35,6 +35,16 @@ class Worker:
         time.sleep(seconds)
         return x
 
+    def wait_for(self, x: object, path: str, timeout_s: float = 20.0) -> object:
+        """Return ``x`` once ``path`` exists (the caller creates it when the test's
+        condition holds); a bound, not a measure: past it, the test's premise failed."""
+        deadline = time.monotonic() + timeout_s
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{path} was never created")
+            time.sleep(0.002)
+        return x
+
     def fail(self, x: object) -> object:
         raise KeyError(f"no key {x!r}")
 

@@ -28,72 +28,105 @@ def run_in(loop_kind: str, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
 
 
 class Ticker:
-    """Counts how often the loop let it run, and the longest gap between two ticks."""
+    """Counts how often the loop let it run."""
 
     def __init__(self) -> None:
-        self.ticks, self.longest_gap_s, self._stop = 0, 0.0, False
+        self.ticks, self._stop = 0, False
 
     async def run(self) -> None:
-        last = time.monotonic()
         while not self._stop:
             await asyncio.sleep(0.005)
-            now = time.monotonic()
-            self.ticks, self.longest_gap_s = self.ticks + 1, max(self.longest_gap_s, now - last)
-            last = now
+            self.ticks += 1
 
     def stop(self) -> None:
         self._stop = True
+
+
+class Gate:
+    """A file that the caller's loop creates once ``when()`` holds, and that the actors'
+    ``Worker.wait_for`` waits for. The tests make an execution wait at the gate while
+    the caller is in the call under test: if that call blocked the loop, the gate would
+    never open and the execution would fail (at the method's or the get's bound), so
+    the test shows the loop stayed free without measuring time."""
+
+    def __init__(self, path: Any) -> None:
+        self.path = str(path)
+
+    async def open_when(self, when: Callable[[], bool], bound_s: float = 30.0) -> None:
+        deadline = time.monotonic() + bound_s  # a bound, not a measure
+        while not when():
+            assert time.monotonic() < deadline, "the gate's condition never held"
+            await asyncio.sleep(0.001)
+        open(self.path, "w").close()
 
 
 LOOPS = ["asyncio", "uvloop"]
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
-def test_a_slow_execution_does_not_block_the_loop(actors: list, loop_kind: str) -> None:
+def test_a_slow_execution_does_not_block_the_loop(actors: list, loop_kind: str, tmp_path: Any) -> None:
+    gate = Gate(tmp_path / "gate")
     with InputNode() as inp:
-        dag = actors[0].sleep_then_echo.bind(inp, 0.5)
+        dag = actors[0].wait_for.bind(inp, gate.path)
 
-    async def main() -> tuple[object, Ticker]:
+    async def main() -> object:
         graph = raycg.compile(dag, enable_asyncio=True)  # compiled inside the running loop
-        ticker = Ticker()
-        task = asyncio.create_task(ticker.run())
-        fut = await graph.execute_async("slow")
-        value = await fut
-        ticker.stop()
-        await task
-        graph.teardown()
-        return value, ticker
+        try:
+            fut = await graph.execute_async("slow")
+            awaiting = False
+            opener = asyncio.create_task(gate.open_when(lambda: awaiting))
+            awaiting = True
+            value = await fut  # the execution waits for the gate, which only a free loop opens
+            await opener
+            return value
+        finally:
+            graph.teardown()
 
-    value, ticker = run_in(loop_kind, main)
-    assert value == "slow"
-    # 0.5 s of waiting at 5 ms a tick: a blocked loop would tick a handful of times.
-    assert ticker.ticks > 30, ticker.ticks
+    assert run_in(loop_kind, main) == "slow"
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
-def test_a_full_pipeline_does_not_block_the_loop(actors: list, loop_kind: str) -> None:
+def test_a_full_pipeline_does_not_block_the_loop(actors: list, loop_kind: str, tmp_path: Any) -> None:
+    gate = Gate(tmp_path / "gate")
     graph = None
+    futs: list = []
+    pending_at_open: list[int] = []
 
-    async def main() -> tuple[list, Ticker]:
+    def a_call_waits() -> bool:
+        # The same call still under way after 20 turns of the loop: it waits for room
+        # (the gate holds the first execution), and the loop runs meanwhile.
+        if seen[0] != len(futs):
+            seen[:] = [len(futs), 0]
+        seen[1] += 1
+        if seen[1] >= 20:
+            pending_at_open.append(len(futs))
+            return True
+        return False
+
+    seen = [-1, 0]
+
+    async def main() -> list:
         nonlocal graph
         with InputNode() as inp:
             graph = raycg.compile(
-                actors[0].sleep_then_echo.bind(inp, 0.05), enable_asyncio=True, max_inflight_executions=2
+                actors[0].wait_for.bind(inp, gate.path),
+                enable_asyncio=True,
+                max_inflight_executions=2,
+                submit_timeout=60,  # past wait_for's bound: a loop blocked in a call fails the test
             )
-        ticker = Ticker()
-        task = asyncio.create_task(ticker.run())
-        futs = [await graph.execute_async(i) for i in range(8)]  # waits for room 6 times
+        opener = asyncio.create_task(gate.open_when(a_call_waits))
+        for i in range(8):
+            futs.append(await graph.execute_async(i))
         values = [await f for f in futs]
-        ticker.stop()
-        await task
-        return values, ticker
+        await opener
+        return values
 
     try:
-        values, ticker = run_in(loop_kind, main)
+        assert run_in(loop_kind, main) == list(range(8))
     finally:
-        graph.teardown()
-    assert values == list(range(8))
-    assert ticker.ticks > 20, ticker.ticks
+        if graph is not None:
+            graph.teardown()
+    assert pending_at_open and pending_at_open[0] < 8, "no call ever waited for room"
 
 
 def test_many_coroutines_get_their_own_results(actors: list) -> None:
@@ -153,34 +186,39 @@ def test_execute_async_needs_enable_asyncio(actors: list) -> None:
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
-def test_more_coroutines_than_in_flight_never_stall_the_loop(actors: list, loop_kind: str) -> None:
+def test_more_coroutines_than_in_flight_never_stall_the_loop(
+    actors: list, loop_kind: str, tmp_path: Any
+) -> None:
     # docs/asyncio.md's gather: more coroutines than max_inflight_executions. Those past
     # the limit wait for room on worker threads, one of which holds the submit lock
     # while it waits for the oldest execution; the loop must never wait on that lock.
-    method_s = 0.4
+    # The oldest execution waits at the gate, which opens once all 8 coroutines have
+    # started: a loop stuck in the third one's call would never get there.
+    gate = Gate(tmp_path / "gate")
+    started = 0
     with InputNode() as inp:
         graph = raycg.compile(
-            actors[0].sleep_then_echo.bind(inp, method_s), enable_asyncio=True, max_inflight_executions=2
+            actors[0].wait_for.bind(inp, gate.path),
+            enable_asyncio=True,
+            max_inflight_executions=2,
+            submit_timeout=60,  # past wait_for's bound: a loop blocked in a call fails the test
         )
 
     async def one(i: int) -> object:
+        nonlocal started
+        started += 1
         return await (await graph.execute_async(i))
 
-    async def main() -> tuple[list, Ticker]:
-        ticker = Ticker()
-        task = asyncio.create_task(ticker.run())
+    async def main() -> list:
+        opener = asyncio.create_task(gate.open_when(lambda: started == 8))
         values = await asyncio.gather(*(one(i) for i in range(8)))
-        ticker.stop()
-        await task
-        return values, ticker
+        await opener
+        return values
 
     try:
-        values, ticker = run_in(loop_kind, main)
+        assert run_in(loop_kind, main) == list(range(8))
     finally:
         graph.teardown()
-    assert values == list(range(8))
-    # A loop blocked on the lock misses ticks for most of an execution.
-    assert ticker.longest_gap_s < method_s / 2, (ticker.longest_gap_s, ticker.ticks)
 
 
 def observe_teardown(monkeypatch: pytest.MonkeyPatch, ticker: Ticker) -> dict[str, Any]:
