@@ -309,6 +309,23 @@ def test_close_wakes_a_blocked_writer_and_closes_the_remote_ring() -> None:
         writer.close()  # idempotent
 
 
+def test_close_reaches_every_node_even_with_one_silent() -> None:
+    # The close goes to every node at once: a stopped node that never answers takes the
+    # whole close timeout, and the others must not lose their share of it (their rings
+    # would be cut, and their readers see ChannelBroken instead of the close).
+    with Node(nslots=2) as silent, Node(nslots=2) as node:
+        writer = rt.GrpcWriter(spec(silent, node))
+        writer.write("v0")
+        assert node.call("read", 0, 30) == "v0"
+        os.kill(silent.pid, signal.SIGSTOP)
+        try:
+            writer.close()
+            with pytest.raises(ChannelClosed):
+                node.call("read", 0, 30)
+        finally:
+            os.kill(silent.pid, signal.SIGCONT)
+
+
 def test_a_reader_closing_closes_the_writer() -> None:
     with Node(nslots=1) as node, rt.GrpcWriter(spec(node, nslots=1)) as writer:
         writer.write("v0")

@@ -136,15 +136,23 @@ class Stream:
             self.done = True
             self._cond.notify_all()
 
-    def close(self, deadline: float) -> None:
-        """Tell the receiver to close its ring and wait for it until ``deadline`` (so
-        that its readers see the close when this returns), then end the stream."""
+    def begin_close(self) -> None:
+        """Tell the receiver to close its ring, without waiting (a writer tells all its
+        streams first, so that a silent node does not take the others' time to close)."""
         with self._cond:
+            if self._closing:
+                return
             self._closing = True
             if not self.done:
                 self._queue.put(wire.CLOSE)
                 self._queue.put(None)
-                self._cond.wait_for(lambda: self.done, remaining(deadline))
+
+    def close(self, deadline: float) -> None:
+        """Tell the receiver to close its ring and wait for it until ``deadline`` (so
+        that its readers see the close when this returns), then end the stream."""
+        self.begin_close()
+        with self._cond:
+            self._cond.wait_for(lambda: self.done, remaining(deadline))
         self._call.cancel()
         self._credits.cancel()
         self._thread.join(POLL_S * 50)  # the cancel ends it at once
