@@ -145,3 +145,21 @@ def test_a_header_that_is_not_one_breaks_the_reader() -> None:
     ring.writer().write("not a header")
     with pytest.raises(ChannelBroken, match=r"is not a header"):
         TensorReader(Loopback(pipe, 1), 0, ring.reader(0)).read(0)
+
+
+class Tensors(list):
+    """A user's list subclass."""
+
+
+def test_dict_and_list_subclasses_come_back_as_themselves() -> None:
+    # A module's state_dict() is an OrderedDict: it came back a plain dict, and a
+    # defaultdict lost its default factory.
+    w, r, _, _ = _pair()
+    state = collections.OrderedDict([("b", torch.ones(2)), ("a", torch.zeros(1))])
+    counts: collections.defaultdict = collections.defaultdict(list, {"x": torch.ones(1)})
+    w.write((state, counts, Tensors([torch.ones(3), 1])))
+    got_state, got_counts, got_list = r.read(0)
+    assert type(got_state) is collections.OrderedDict and list(got_state) == ["b", "a"]
+    assert torch.equal(got_state["b"], torch.ones(2))
+    assert type(got_counts) is collections.defaultdict and got_counts["missing"] == []
+    assert type(got_list) is Tensors and torch.equal(got_list[0], torch.ones(3)) and got_list[1] == 1

@@ -23,12 +23,15 @@ channel (``meta``: the edge's ShmRing or gRPC channel), as one small message.
   tensors are never taken for its own.
 - The communicator belongs to the caller: closing a channel closes ``meta`` only.
 
-Tensors inside objects other than tuples, lists and dicts are not looked for: they
+Subclasses of lists and dicts (an OrderedDict such as a state_dict, a defaultdict) and
+namedtuples come back as themselves. Tensors inside objects other than tuples, lists and
+dicts are not looked for: they
 travel inside the value, through ``meta``, as that channel carries any value.
 """
 
 from __future__ import annotations
 
+import copy
 import pickle
 import sys
 from typing import Any
@@ -89,13 +92,34 @@ def _split(value: Any, torch: Any, out: list[Any]) -> Any:
         if len(out) == n:
             return value
         if isinstance(value, list):
-            return items
+            return _like(value, items)
         return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
     if isinstance(value, dict):
         n = len(out)
         pairs = [(k, _split(v, torch, out)) for k, v in value.items()]
-        return value if len(out) == n else dict(pairs)
+        return value if len(out) == n else _like(value, pairs)
     return value
+
+
+def _like(container: Any, items: list[Any]) -> Any:
+    """``items`` (a list's items, a dict's pairs) in a container of ``container``'s
+    type: a subclass (an OrderedDict such as a state_dict, a defaultdict and its
+    factory, a user's list) keeps its type and state; a plain list or dict if it
+    cannot be copied."""
+    if type(container) is list:
+        return items
+    if type(container) is not dict:
+        try:
+            new = copy.copy(container)
+            if isinstance(new, dict):
+                new.clear()
+                new.update(items)
+            else:
+                new[:] = items
+            return new
+        except Exception:  # a subclass that cannot be copied or refilled: its plain base
+            pass
+    return dict(items) if isinstance(container, dict) else list(items)
 
 
 def _join(skeleton: Any, tensors: list[Any]) -> Any:
@@ -103,12 +127,12 @@ def _join(skeleton: Any, tensors: list[Any]) -> Any:
     if isinstance(skeleton, _At):
         return tensors[skeleton.i]
     if isinstance(skeleton, list):
-        return [_join(v, tensors) for v in skeleton]
+        return _like(skeleton, [_join(v, tensors) for v in skeleton])
     if isinstance(skeleton, tuple):
         items = [_join(v, tensors) for v in skeleton]
         return type(skeleton)(*items) if hasattr(skeleton, "_fields") else tuple(items)
     if isinstance(skeleton, dict):
-        return {k: _join(v, tensors) for k, v in skeleton.items()}
+        return _like(skeleton, [(k, _join(v, tensors)) for k, v in skeleton.items()])
     return skeleton
 
 
