@@ -346,6 +346,30 @@ def test_a_cpu_group_made_by_the_caller_is_refused_for_actors_on_another_node() 
         _communicators.refuse_unsupported(here, {"comm0": inst})  # the caller's node: fine
 
 
+def test_two_edges_one_task_takes_in_another_order_than_sent_are_refused(actors: list) -> None:
+    # a sends f then g over one communicator; b's one task names g first, so it read g's
+    # header and received f's tensors as g's (silently swapped values): refused.
+    a, b = actors[:2]
+    twin = CpuTwin([a, b])
+    with InputNode() as inp:
+        f = a.echo.bind(inp).with_tensor_transport(transport=twin)
+        g = a.add.bind(inp, 1).with_tensor_transport(transport=twin)
+        dag = b.concat.bind(g, f)
+    with pytest.raises(
+        ValueError, match=r"receives Worker\.add then Worker\.echo over it, but .* sends them"
+    ):
+        raycg.compile(dag)
+    with InputNode() as inp:  # the same arguments in the writer's order compile and run
+        f = a.echo.bind(inp).with_tensor_transport(transport=twin)
+        g = a.add.bind(inp, 1).with_tensor_transport(transport=twin)
+        dag = b.concat.bind(f, g)
+    graph = raycg.compile(dag, get_timeout=60)
+    try:
+        assert ray.get(graph.execute(torch.zeros(2))) == f"{torch.zeros(2)}{torch.ones(2)}"
+    finally:
+        graph.teardown()
+
+
 def test_a_writer_that_never_sends_times_out_and_teardown_returns(ray_local: None) -> None:
     stall = [{"rank": 0, "op": "send", "after": 2, "seconds": 3600}]
     env = {"env_vars": {"RAYCG_COMM_FAULTS": json.dumps(stall)}}

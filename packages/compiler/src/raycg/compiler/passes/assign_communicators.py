@@ -17,8 +17,9 @@ Refused here (``ValueError`` naming the instance and the node or actor):
 - an edge whose writer or reader is not a member, or whose reader is the driver (which
   is in no communicator); a collective whose members are not exactly the instance's;
 - two edges over one instance between the same two actors that the reader takes in
-  another order than the writer sends them (a communicator's sends between two ranks
-  arrive in order: the reader would receive one edge's tensors as the other's).
+  another order than the writer sends them, in two tasks or as two arguments of one
+  (a communicator's sends between two ranks arrive in order: the reader would receive
+  one edge's tensors as the other's).
 
 A collective over an instance takes the instance's ranks: its members are reordered by
 them (allgather concatenates in that order, as in Ray) and ``src_rank`` follows its actor.
@@ -172,18 +173,22 @@ def _check_pair_orders(graph: Graph, cid: str, u: CommunicatorUse) -> None:
         if len(nodes) < 2:
             continue
         w_order = [n for n in schedule.get(writer, []) if n in nodes]
-        first_read: dict[Node, int] = {}
+        # The reader takes each edge at the first task that uses it, and a task's edges
+        # in the order its arguments (then keyword arguments) first name them, as the
+        # runtime reads them (``TaskPlan.inputs``).
+        first_read: dict[Node, tuple[int, int]] = {}
         for i, task in enumerate(schedule.get(reader, [])):
+            named = [ref.node for ref in task.refs()]
             for src in nodes:
                 if task in src.users and src not in first_read:
-                    first_read[src] = i
-        r_order = sorted(nodes, key=lambda n: first_read.get(n, 1 << 30))
+                    first_read[src] = (i, named.index(src) if src in named else len(named))
+        r_order = sorted(nodes, key=lambda n: first_read.get(n, (1 << 30, 0)))
         if w_order and w_order != r_order:
             raise ValueError(
                 f"{u.written}: {graph.actors[reader].label} receives "
                 f"{' then '.join(n.display_name for n in r_order)} over it, but "
                 f"{graph.actors[writer].label} sends them in the other order "
                 f"({' then '.join(n.display_name for n in w_order)}); a communicator's sends between two "
-                "actors arrive in order: bind the reader's tasks in the writer's order, or give the edges "
-                "different communicators"
+                "actors arrive in order: bind the reader's tasks (and order their arguments) in the writer's "
+                "order, or give the edges different communicators"
             )
