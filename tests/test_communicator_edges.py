@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -368,6 +369,24 @@ def test_two_edges_one_task_takes_in_another_order_than_sent_are_refused(actors:
         assert ray.get(graph.execute(torch.zeros(2))) == f"{torch.zeros(2)}{torch.ones(2)}"
     finally:
         graph.teardown()
+
+
+class Locked(Delegating):
+    """A user's communicator that cannot be pickled (it holds a lock)."""
+
+    def __init__(self, group: CpuCommGroup, actors: list[Any]):
+        super().__init__(group, actors)
+        self._lock = threading.Lock()
+
+
+def test_a_communicator_that_cannot_be_pickled_is_refused_naming_it(actors: list) -> None:
+    a, b = actors[:2]
+    with CpuCommGroup(2, name="locked") as group:
+        with InputNode() as inp:
+            dag = b.echo.bind(a.echo.bind(inp).with_tensor_transport(transport=Locked(group, [a, b])))
+        with pytest.raises(ValueError, match=r"Locked \(transport of Worker\.echo\): .*cannot be pickled"):
+            raycg.compile(dag, get_timeout=60)
+    assert not actor_running_graphs(a) and not actor_running_graphs(b)
 
 
 def test_a_writer_that_never_sends_times_out_and_teardown_returns(ray_local: None) -> None:

@@ -24,6 +24,7 @@ from raycg.transports import ShmRing
 
 from . import _collectives, _communicators, _hosting
 from ._actor import setup_actor
+from ._comm_groups import UserSpec
 
 SETUP_TIMEOUT_S = 60.0
 
@@ -143,7 +144,13 @@ def setup_actors(
 
     Raises:
         RayChannelError: naming each actor whose setup failed (and why).
+        ValueError: a user's Communicator instance cannot be pickled (no actor was
+            asked to set up).
     """
+    # Every actor's extras first: one that cannot be pickled is refused before any
+    # actor starts its part.
+    member_timeout = _collectives.member_timeout(plan.options.get_timeout_s)
+    extras = {ap.actor_id: _extras((comm_specs or {}).get(ap.actor_id), member_timeout) for ap in plan.actors}
     calls: list[tuple[Any, Any]] = []
     for ap in plan.actors:
         used = {c for t in ap.tasks for c in (*t.inputs, *t.outputs)}
@@ -154,17 +161,9 @@ def setup_actors(
             shm=endpoints.get(ap.actor_id, []),
             grpc=(grpc or {}).get(ap.actor_id, []),
         )
-        # Communicator specs hold Python objects the proto cannot (a user's Communicator
-        # instance among them): pickled beside it, by Ray's cloudpickle as Ray would.
-        comms = (comm_specs or {}).get(ap.actor_id)
-        extras = (
-            b""
-            if not comms
-            else cloudpickle.dumps(
-                {**comms, "timeout_s": _collectives.member_timeout(plan.options.get_timeout_s)}
-            )
+        ref: Any = actors[ap.actor_id].__ray_call__.remote(
+            setup_actor, setup.SerializeToString(), extras[ap.actor_id]
         )
-        ref: Any = actors[ap.actor_id].__ray_call__.remote(setup_actor, setup.SerializeToString(), extras)
         calls.append((ap, ref))
     processes: dict[str, tuple[int, int]] = {}
     failures = []
@@ -176,3 +175,28 @@ def setup_actors(
     if failures:
         raise RayChannelError("compiled graph setup failed on " + "; ".join(failures))
     return processes
+
+
+def _extras(comms: dict[str, Any] | None, timeout_s: float | None) -> bytes:
+    """An actor's communicator specs, pickled beside its plan: they hold Python objects
+    the proto cannot (a user's Communicator instance among them), pickled by Ray's
+    cloudpickle as Ray would.
+
+    Raises:
+        ValueError: a user's Communicator instance cannot be pickled, naming it.
+    """
+    if not comms:
+        return b""
+    try:
+        return cloudpickle.dumps({**comms, "timeout_s": timeout_s})
+    except Exception:
+        for member in comms.get("groups", {}).values():
+            if isinstance(member.spec, UserSpec):
+                try:
+                    cloudpickle.dumps(member.spec.communicator)
+                except Exception as e:
+                    raise ValueError(
+                        f"{member.spec.written}: raycg hands a communicator to each of its actors "
+                        f"pickled, and this one cannot be pickled: {type(e).__name__}: {e}"
+                    ) from e
+        raise
