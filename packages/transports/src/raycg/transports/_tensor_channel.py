@@ -18,9 +18,10 @@ channel (``meta``: the edge's ShmRing or gRPC channel), as one small message.
 - A value the communicator cannot take (a tensor on another device than ``device``)
   is refused before anything is written: ValueNotSerializable, the channel stays in step.
 - A value's tensors are received even where the rest of it cannot be unpickled (a
-  class the reader lacks): that part travels pickled apart (``_Packed``), unpickled
-  once the tensors came, so its failure is that value's alone and the next value's
-  tensors are never taken for its own.
+  class the reader lacks): that part, where it holds more than builtin containers and
+  scalars, travels pickled apart (``_Packed``), unpickled once the tensors came, so
+  its failure is that value's alone and the next value's tensors are never taken for
+  its own.
 - The communicator belongs to the caller: closing a channel closes ``meta`` only.
 
 Subclasses of lists and dicts (an OrderedDict such as a state_dict, a defaultdict) and
@@ -78,6 +79,22 @@ class _Packed:
 
     def __reduce__(self) -> tuple[Any, tuple[bytes, list[pickle.PickleBuffer]]]:
         return (_Packed, (self.stream, [pickle.PickleBuffer(b) for b in self.buffers]))
+
+
+_BUILTIN_LEAVES = frozenset({_At, str, int, float, bool, type(None), bytes})
+
+
+def _builtin(skeleton: Any) -> bool:
+    """Whether ``skeleton`` is plain tuples, lists and dicts of builtin scalars and
+    placeholders: something every reader unpickles, so it needs no ``_Packed``."""
+    kind = type(skeleton)
+    if kind in _BUILTIN_LEAVES:
+        return True
+    if kind is dict:
+        return all(type(k) in _BUILTIN_LEAVES and _builtin(v) for k, v in skeleton.items())
+    if kind is list or kind is tuple:
+        return all(_builtin(v) for v in skeleton)
+    return False
 
 
 def _split(value: Any, torch: Any, out: list[Any]) -> Any:
@@ -196,7 +213,7 @@ class TensorWriter(Channel):
                     "before returning it"
                 )
         sent = [_plain(t) for t in tensors]
-        if sent and type(skeleton) is not _At:  # anything beside the tensors: pickled apart
+        if sent and not _builtin(skeleton):  # a class the reader may lack: pickled apart
             skeleton = _Packed.of(skeleton)
         meta: Meta = [(tuple(t.shape), _dtype_name(t.dtype)) for t in sent]
         header = (skeleton, None if self._static and meta == self._last else meta)
