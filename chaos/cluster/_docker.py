@@ -191,17 +191,26 @@ class Cluster:
     def heal(self) -> None:
         """Every node back: unpaused, running and joined to Ray (a scenario's fault may have
         left a container paused, stopped, or its raylet declared dead)."""
+        stopped = []
         for service in self.services():
             c = self.container(service)
             if c.status == "paused":
                 c.unpause()
             c.reload()
             if c.status in ("exited", "created", "dead"):  # "restarting": docker is on it
+                stopped.append(c)
+        if stopped:
+            # Ray must give up on their old nodes first (its node-death window): one that
+            # still counts as alive offers the worker's resources, and an actor placed on
+            # it dies when it is declared dead (wait_joined counts exactly).
+            self.wait_joined(len(self.services()) - len(stopped))
+            for c in stopped:
                 c.start()
         self.wait_joined()
 
-    def wait_joined(self) -> None:
-        want = len(self.services())
+    def wait_joined(self, want: int | None = None) -> None:
+        """Until Ray counts exactly ``want`` live nodes (default: one per service)."""
+        want = len(self.services()) if want is None else want
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         while True:
             result = self.container(HEAD).exec_run(
