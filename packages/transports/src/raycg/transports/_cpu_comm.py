@@ -53,7 +53,68 @@ def _torch() -> Any:
     return torch
 
 
-class CpuCommunicator(Communicator):
+class SegmentMember(Communicator):
+    """What a member of raycg's CPU communicators (:class:`CpuCommunicator`, and the
+    cross-node ``CpuNetCommunicator``) does the same way: its rank, its group's abort
+    word, its buffers and timeouts. Subclasses set ``spec`` (with ``name`` and
+    ``world_size``), ``timeout_s``, ``_rank`` and ``_seg`` (its ``MemberSegment``)."""
+
+    spec: Any
+    timeout_s: float | None
+    _rank: int | None
+    _seg: MemberSegment | None
+
+    def get_rank(self) -> int | None:
+        return self._rank
+
+    def get_world_size(self) -> int:
+        return int(self.spec.world_size)
+
+    def get_transport_name(self) -> str:
+        return "cpu"
+
+    @property
+    def aborted(self) -> bool:
+        """Whether the group was aborted (or this member destroyed)."""
+        return self._seg is None or self._seg.aborted
+
+    def _aborted_error(self) -> ChannelClosed:
+        return ChannelClosed(f"communicator {self.spec.name!r} was aborted")
+
+    def _buffers(
+        self, send_buf: Any, recv_buf: Any, ratio: int, op: ReduceOp | None, what: str
+    ) -> tuple[Any, Any, Callable[[], None]]:
+        self._check_open()
+        return flat_buffers(send_buf, recv_buf, ratio, op, what, self.spec.world_size)
+
+    def _timeout(self, timeout_s: float | None) -> float | None:
+        return self.timeout_s if timeout_s is None else timeout_s
+
+    def _guard(self, call: Callable[[], Any], what: str) -> Any:
+        """A ring (or link) call: a timeout aborts the communicator; an aborted one says so."""
+        try:
+            return call()
+        except ChannelTimeout as e:
+            self.abort()
+            raise ChannelTimeout(
+                f"communicator {self.spec.name!r}: rank {self._rank} timed out in {what}; "
+                f"the communicator is aborted ({e})"
+            ) from e
+        except ChannelClosed as e:
+            raise self._aborted_error() from e
+
+    def _check_open(self) -> None:
+        if self._seg is None or self._rank is None:
+            raise ChannelClosed(f"communicator {self.spec.name!r}: not initialized, or destroyed")
+        if self._seg.aborted:
+            self._abort_seen()
+            raise self._aborted_error()
+
+    def _abort_seen(self) -> None:
+        """This member met its group's abort (a hook: nothing more to do by default)."""
+
+
+class CpuCommunicator(SegmentMember):
     """One member of a :class:`CpuCommGroup`.
 
     Args:
@@ -103,15 +164,6 @@ class CpuCommunicator(Communicator):
         except BaseException:
             self.destroy()
             raise
-
-    def get_rank(self) -> int | None:
-        return self._rank
-
-    def get_world_size(self) -> int:
-        return self.spec.world_size
-
-    def get_transport_name(self) -> str:
-        return "cpu"
 
     # --- point to point ---------------------------------------------------------
 
@@ -325,44 +377,6 @@ class CpuCommunicator(Communicator):
         sync(ARRIVED)
         take(regions, sync)
         seg.mark(DONE, e)
-
-    @property
-    def aborted(self) -> bool:
-        """Whether the group was aborted (or this member destroyed)."""
-        return self._seg is None or self._seg.aborted
-
-    def _aborted(self) -> ChannelClosed:
-        return ChannelClosed(f"communicator {self.spec.name!r} was aborted")
-
-    # --- buffers ----------------------------------------------------------------
-
-    def _buffers(
-        self, send_buf: Any, recv_buf: Any, ratio: int, op: ReduceOp | None, what: str
-    ) -> tuple[Any, Any, Callable[[], None]]:
-        self._check_open()
-        return flat_buffers(send_buf, recv_buf, ratio, op, what, self.spec.world_size)
-
-    def _timeout(self, timeout_s: float | None) -> float | None:
-        return self.timeout_s if timeout_s is None else timeout_s
-
-    def _guard(self, call: Callable[[], Any], what: str) -> Any:
-        """A ring call: a timeout aborts the communicator; an aborted one says so."""
-        try:
-            return call()
-        except ChannelTimeout as e:
-            self.abort()
-            raise ChannelTimeout(
-                f"communicator {self.spec.name!r}: rank {self._rank} timed out in {what}; "
-                f"the communicator is aborted ({e})"
-            ) from e
-        except ChannelClosed as e:
-            raise self._aborted() from e
-
-    def _check_open(self) -> None:
-        if self._seg is None or self._rank is None:
-            raise ChannelClosed(f"communicator {self.spec.name!r}: not initialized, or destroyed")
-        if self._seg.aborted:
-            raise self._aborted()
 
     # --- the end ----------------------------------------------------------------
 

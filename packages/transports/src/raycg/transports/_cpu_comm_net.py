@@ -46,14 +46,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ._channel import Channel
-from ._communicator import Allocator, Communicator, ReduceOp
-from ._cpu_comm import DEFAULT_TIMEOUT_S, _check_cpu, _put, _torch, flat_buffers, sliced
+from ._communicator import Allocator, ReduceOp
+from ._cpu_comm import DEFAULT_TIMEOUT_S, SegmentMember, _check_cpu, _put, _torch, sliced
 from ._cpu_comm_net_leader import Leader
 from ._cpu_comm_net_links import Links
 from ._cpu_comm_net_node import CpuNetSpec, p2p_id
 from ._cpu_comm_segment import ARRIVED, DONE, REDUCED, MemberSegment
 from ._deadline import deadline_after
-from ._errors import ChannelBroken, ChannelClosed, ChannelError, ChannelTimeout
+from ._errors import ChannelBroken, ChannelClosed, ChannelError
 from ._shm_reader import ShmRingReader
 from ._shm_writer import ShmRingWriter
 
@@ -67,7 +67,7 @@ Exchange = Callable[[list[Any], float, str], None]
 Take = Callable[[list[Any]], object]
 
 
-class CpuNetCommunicator(Communicator):
+class CpuNetCommunicator(SegmentMember):
     """One member of a cross-node CPU communicator.
 
     Args:
@@ -135,15 +135,6 @@ class CpuNetCommunicator(Communicator):
         except BaseException:
             self.destroy()
             raise
-
-    def get_rank(self) -> int | None:
-        return self._rank
-
-    def get_world_size(self) -> int:
-        return self.spec.world_size
-
-    def get_transport_name(self) -> str:
-        return "cpu"
 
     # --- point to point ---------------------------------------------------------
 
@@ -405,44 +396,8 @@ class CpuNetCommunicator(Communicator):
     def _seg_capacity(self) -> int:
         return self.spec.nodes[self._node].local.capacity_bytes
 
-    @property
-    def aborted(self) -> bool:
-        """Whether the group was aborted (or this member destroyed)."""
-        return self._seg is None or self._seg.aborted
-
-    def _aborted_error(self) -> ChannelClosed:
-        return ChannelClosed(f"communicator {self.spec.name!r} was aborted")
-
-    # --- helpers ------------------------------------------------------------------
-
-    def _buffers(
-        self, send_buf: Any, recv_buf: Any, ratio: int, op: ReduceOp | None, what: str
-    ) -> tuple[Any, Any, Callable[[], None]]:
-        self._check_open()
-        return flat_buffers(send_buf, recv_buf, ratio, op, what, self.spec.world_size)
-
-    def _timeout(self, timeout_s: float | None) -> float | None:
-        return self.timeout_s if timeout_s is None else timeout_s
-
-    def _guard(self, call: Callable[[], Any], what: str) -> Any:
-        """A p2p call: a timeout aborts the communicator; an aborted one says so."""
-        try:
-            return call()
-        except ChannelTimeout as e:
-            self.abort()
-            raise ChannelTimeout(
-                f"communicator {self.spec.name!r}: rank {self._rank} timed out in {what}; "
-                f"the communicator is aborted ({e})"
-            ) from e
-        except ChannelClosed as e:
-            raise self._aborted_error() from e
-
-    def _check_open(self) -> None:
-        if self._seg is None or self._rank is None:
-            raise ChannelClosed(f"communicator {self.spec.name!r}: not initialized, or destroyed")
-        if self._seg.aborted:
-            self.abort()  # a leader that meets an abort passes it on
-            raise self._aborted_error()
+    def _abort_seen(self) -> None:
+        self.abort()  # a leader that meets an abort passes it on to the other nodes
 
     # --- the end ----------------------------------------------------------------
 
