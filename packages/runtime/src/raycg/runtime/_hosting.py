@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from raycg.proto import ChannelPlan, Plan, RingHostReply, RingHostRequest, ShmEndpoint, Transport
-from raycg.transports import CpuNetNode, GrpcServer, NetNodeSpec, ShmRing
+from raycg.transports import CpuNetNode, GrpcServer, NetNodeSpec, ShmRing, join_host_port
 
 LISTEN_HOST_ENV = "RAYCG_GRPC_HOST"
 _server: GrpcServer | None = None
@@ -50,7 +50,7 @@ def acquire_server() -> GrpcServer:
             import ray
 
             host = os.environ.get(LISTEN_HOST_ENV) or ray.util.get_node_ip_address()
-            _server = GrpcServer(f"{host}:0")
+            _server = GrpcServer(join_host_port(host, 0))  # an IPv6 node's address bracketed
         _users += 1
         return _server
 

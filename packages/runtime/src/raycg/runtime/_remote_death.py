@@ -31,6 +31,7 @@ from typing import Any
 import ray
 
 from raycg.proto import Plan
+from raycg.transports import join_host_port
 
 PROBE_S = 3.0  # covers Ray marking a killed actor dead, and a raylet's port closing
 INTERVAL_S = 0.2
@@ -137,7 +138,7 @@ def _dead_now(remote: list[tuple[str, str]], deadline: float) -> tuple[tuple[str
             break
         probed.add(node_id)
         address = (node["NodeManagerAddress"], int(node["NodeManagerPort"]))
-        where = f"{address[0]}:{address[1]}"
+        where = join_host_port(*address)
         raylet = _raylet(address)
         if raylet == "refused":
             return (actor_id, f"its node {node_id[:8]} is lost (its raylet at {where} is gone)"), False
@@ -159,7 +160,7 @@ def _raylet(address: tuple[str, int]) -> str:
 
     # Not through a proxy that http_proxy may name: the raylet itself must answer.
     direct = [("grpc.enable_http_proxy", 0)]
-    with grpc.insecure_channel(f"{address[0]}:{address[1]}", options=direct) as channel:
+    with grpc.insecure_channel(join_host_port(*address), options=direct) as channel:
         try:
             channel.unary_unary(_HEALTH_CHECK)(b"", timeout=ANSWER_TIMEOUT_S)
         except grpc.RpcError as e:

@@ -15,6 +15,7 @@ except ImportError as e:  # pragma: no cover - depends on how raycg was installe
         "which compiles it: that needs a C compiler and Python's headers."
     ) from e
 
+from ._address import join_host_port
 from ._channel import Channel
 from ._communicator import Communicator, ForeignCommunicator, ReduceOp, as_communicator
 from ._cpu_comm import CpuCommGroup, CpuCommSpec, CpuCommunicator
@@ -101,6 +102,7 @@ __all__ = [
     "ValueNotSerializable",
     "deadline_after",
     "is_process_alive",
+    "join_host_port",
     "join_specs",
     "nccl_unique_id",
     "open_reader",

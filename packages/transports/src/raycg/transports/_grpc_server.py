@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from . import _grpc_wire as wire
+from ._address import join_host_port, split_host_port
 from ._errors import ChannelBroken, ChannelError
 from ._grpc_config import METHOD, POLL_S, REGISTER_TIMEOUT_S, SEND_METHOD, SERVER_OPTIONS, SERVICE
 from ._grpc_receiver import Receiver, RingFeed
@@ -30,7 +31,8 @@ class GrpcServer:
     """Listens on ``address`` for the streams that feed this node's rings.
 
     Args:
-        address: ``host:port`` to listen on (port 0: any free port; :attr:`address`
+        address: ``host:port`` to listen on, an IPv6 host in brackets (``[::1]:0``;
+            :func:`join_host_port` makes it); port 0: any free port (:attr:`address`
             says which). Listen on the node's own address, or loopback in tests.
         max_streams: streams served at once; one more is refused (RESOURCE_EXHAUSTED),
             which its writer sees as ChannelBroken, rather than left waiting.
@@ -38,6 +40,7 @@ class GrpcServer:
             registered before it is refused.
 
     Raises:
+        ValueError: ``address`` is not ``host:port`` (an IPv6 host without brackets).
         OSError: the address cannot be listened on.
     """
 
@@ -48,6 +51,7 @@ class GrpcServer:
         max_streams: int = DEFAULT_MAX_STREAMS,
         register_timeout_s: float = REGISTER_TIMEOUT_S,
     ):
+        host, _ = split_host_port(address)  # before anything is made: nothing to undo
         self._rings: dict[str, ShmRingSpec] = {}
         self._taken: set[str] = set()
         self._receivers: dict[str, Receiver] = {}  # streams whose values call may attach
@@ -62,7 +66,6 @@ class GrpcServer:
             SEND_METHOD: grpc.stream_unary_rpc_method_handler(self._send),
         }
         self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
-        host = address.rsplit(":", 1)[0]
         try:
             port = self._server.add_insecure_port(address)
         except RuntimeError as e:  # grpcio raises for a port in use; older ones return 0
@@ -75,7 +78,7 @@ class GrpcServer:
             raise OSError(
                 f"cannot listen on {address!r}{why} (is the port in use, or not this node's address?)"
             )
-        self.address = f"{host}:{port}"
+        self.address = join_host_port(host, port)
         self._server.start()
 
     def __repr__(self) -> str:

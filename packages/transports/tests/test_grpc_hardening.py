@@ -1,0 +1,102 @@
+"""The gRPC channel's loose ends: IPv6 node addresses, a server's stop that never hangs,
+and a credits stream that fails in a way gRPC does not report (an error, not a hang)."""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import pytest
+from grpc_testing import warm_up_grpc
+
+import raycg.transports as rt
+from raycg.transports._address import join_host_port, split_host_port
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _grpc_pollers() -> None:
+    warm_up_grpc()
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(
+    not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1 cannot be bound)"
+)
+
+
+# --- IPv6 addresses -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "address"),
+    [
+        ("::1", 0, "[::1]:0"),
+        ("fd00::2", 50051, "[fd00::2]:50051"),
+        ("fe80::1%eth0", 7, "[fe80::1%eth0]:7"),  # a zone id stays inside the brackets
+        ("[::1]", 5, "[::1]:5"),  # bracketed already: as it is
+        ("127.0.0.1", 0, "127.0.0.1:0"),
+        ("node-3.cluster", "80", "node-3.cluster:80"),
+    ],
+)
+def test_join_host_port_brackets_an_ipv6_literal_only(host: str, port: int | str, address: str) -> None:
+    assert join_host_port(host, port) == address
+
+
+@pytest.mark.parametrize(
+    ("address", "parts"),
+    [
+        ("[::1]:0", ("::1", 0)),
+        ("[fd00::2]:50051", ("fd00::2", 50051)),
+        ("127.0.0.1:65535", ("127.0.0.1", 65535)),
+        ("localhost:1", ("localhost", 1)),
+    ],
+)
+def test_split_host_port_undoes_join(address: str, parts: tuple[str, int]) -> None:
+    assert split_host_port(address) == parts
+    assert join_host_port(*parts) == address
+
+
+@pytest.mark.parametrize("address", ["::1:0", "fd00::2:50051"])
+def test_an_unbracketed_ipv6_address_is_refused_by_name(address: str) -> None:
+    # gRPC would read its last group as the port (``::1:0`` binds [::0.1.0.0]:443).
+    with pytest.raises(ValueError, match=re.escape(f"{address!r}: an IPv6 address needs brackets")):
+        split_host_port(address)
+    with pytest.raises(ValueError, match="needs brackets"):
+        rt.GrpcServer(address)
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1", "[::1]", "[::1", "host:", ":0", "h:http", "h:70000", "[]:0"]
+)
+def test_an_address_without_a_port_is_refused_by_name(address: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"address {address!r}: expected host:port")):
+        split_host_port(address)
+
+
+@needs_ipv6
+def test_a_value_crosses_over_ipv6_loopback() -> None:
+    ring = rt.ShmRing(2, 1, slot_bytes=4096, name="v6")
+    with rt.GrpcServer(join_host_port("::1", 0)) as server:
+        assert server.address.startswith("[::1]:")
+        server.add_ring("edge", ring.spec)
+        reader = ring.open_reader(0)
+        writer = rt.GrpcWriter(rt.GrpcChannelSpec("v6", 2, (rt.GrpcTarget(server.address, "edge"),)))
+        try:
+            writer.write({"over": "ipv6"}, 30)
+            writer.write(b"x" * (3 << 20), 30)  # several messages
+            assert reader.read(30) == {"over": "ipv6"}
+            assert reader.read(30) == b"x" * (3 << 20)
+        finally:
+            writer.close()
+            reader.close()
+            ring.close()
