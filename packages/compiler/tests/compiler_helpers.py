@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import ray
+from ray.experimental.channel.communicator import Communicator
 
 from raycg.compiler import CompiledPlan, compile_plan
 from raycg.proto import Options
@@ -49,3 +50,42 @@ def plain_function(x: object) -> object:
 def compile_debug(dag: object, options: Options = OPTIONS, **kwargs: Any) -> CompiledPlan:
     """compile_plan with the IR linted after every pass."""
     return compile_plan(dag, options, debug=True, **kwargs)
+
+
+class Comm(Communicator):
+    """What the compiler asks of an instance: its actors, their ranks, its size."""
+
+    def __init__(self, actors: list[Any]):
+        self.actors = list(actors)
+
+    def initialize(self, rank: int) -> None:
+        pass
+
+    def get_actor_handles(self) -> list[Any]:
+        return self.actors
+
+    def get_rank(self, actor: Any) -> int:
+        return [a._actor_id for a in self.actors].index(actor._actor_id)
+
+    def get_self_rank(self) -> int | None:
+        return None
+
+    def get_world_size(self) -> int:
+        return len(self.actors)
+
+    def send(self, value: Any, peer_rank: int) -> None: ...
+    def recv(self, shape: Any, dtype: Any, peer_rank: int, allocator: Any = None) -> Any: ...
+    @property
+    def recv_stream(self) -> Any: ...
+    @property
+    def send_stream(self) -> Any: ...
+    def allgather(self, send_buf: Any, recv_buf: Any) -> None: ...
+    def allreduce(self, send_buf: Any, recv_buf: Any, op: Any = None) -> None: ...
+    def reducescatter(self, send_buf: Any, recv_buf: Any, op: Any = None) -> None: ...
+    def destroy(self) -> None: ...
+    def get_transport_name(self) -> str:
+        return "cpu"
+
+    @classmethod
+    def generate_communicator_id(cls) -> str:
+        return "comm"

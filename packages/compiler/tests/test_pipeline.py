@@ -28,6 +28,7 @@ def test_the_passes_in_order() -> None:
         "assign_tensor_transports",
         "schedule",
         "assign_communicators",
+        "overlap",
         "size_buffers",
     ]
     graph = _graph()

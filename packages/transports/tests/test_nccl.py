@@ -146,7 +146,9 @@ def _job_channel(comm: Any, rank: int, device: str, metas: Any) -> list[str]:
     else:
         r = TensorReader(comm, 0, ShmRingReader(metas[0], 0), recv_timeout_s=30)
         for i, want in enumerate(values):
-            got = r.read(timeout_s=30)
+            # every other value as overlap_gpu_communication reads it: NCCL queues the
+            # receive and waits in result(); a CPU communicator receives at once
+            got = r.read_pending(timeout_s=30).result() if i % 2 else r.read(timeout_s=30)
             if not _same(got, want):
                 bad.append(f"value {i}: {got!r} != {want!r}")
         r = TensorReader(comm, 0, ShmRingReader(metas[1], 0), recv_timeout_s=30)
@@ -312,6 +314,9 @@ class _FakeStream:
     def wait_stream(self, other: _FakeStream) -> None:
         self.log.append(("wait", self.name, other.name))
 
+    def wait_event(self, event: Any) -> None:
+        self.log.append(("wait_event", self.name))
+
 
 class _FakeTensor:
     """Enough of a CUDA tensor for NcclCommunicator: a copy is logged on `current`."""
@@ -355,7 +360,7 @@ def _fake_nccl(done: bool = True) -> tuple[Any, list[tuple[str, ...]], list[int]
 
     class Event:
         def record(self, stream: Any) -> None:
-            pass
+            log.append(("record", stream.name))
 
         def query(self) -> bool:
             polls[0] += 1
@@ -400,3 +405,27 @@ def test_nccl_waits_on_a_late_peer_poll_slower_after_the_first_milliseconds() ->
     # 2 ms at 20 µs, then at most 2 ms between polls: about 600 in the second (it was a
     # poll every 20 µs throughout: tens of thousands, a core kept busy).
     assert polls[0] < 800, polls[0]
+
+
+def test_a_queued_nccl_receive_returns_before_it_completes_and_waits_when_asked() -> None:
+    # overlap_gpu_communication: the receive is queued on the receive stream and the
+    # caller's stream waits for it only in wait(), when the task that reads it starts.
+    comm, log, polls = _fake_nccl()
+    alloc = lambda shape, dtype: _FakeTensor(log)  # noqa: E731
+    tensors, wait = comm.recv_batch_queued([((4,), "torch.float32", 1, alloc)])
+    assert len(tensors) == 1 and polls[0] == 0
+    assert log[-2:] == [("nccl", "recv"), ("record", "recv")]
+    assert ("wait_event", "current") not in log
+    wait()
+    assert polls[0] >= 1 and log[-1] == ("wait_event", "current")
+
+
+def test_a_queued_nccl_receive_that_never_completes_times_out_in_wait() -> None:
+    from raycg.transports import ChannelTimeout
+
+    comm, log, _ = _fake_nccl(done=False)
+    _, wait = comm.recv_batch_queued(
+        [((4,), "torch.float32", 1, lambda shape, dtype: _FakeTensor(log))], timeout_s=0.05
+    )
+    with pytest.raises(ChannelTimeout, match="a member never joined"):
+        wait()

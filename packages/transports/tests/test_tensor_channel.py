@@ -163,3 +163,52 @@ def test_dict_and_list_subclasses_come_back_as_themselves() -> None:
     assert torch.equal(got_state["b"], torch.ones(2))
     assert type(got_counts) is collections.defaultdict and got_counts["missing"] == []
     assert type(got_list) is Tensors and torch.equal(got_list[0], torch.ones(3)) and got_list[1] == 1
+
+
+class Queued(Loopback):
+    """A communicator that can queue a receive (as NCCL's does): ``recv_batch_queued``
+    hands back the buffers at once and a ``wait`` that fills them."""
+
+    def __init__(self, pipe: collections.deque, rank: int, fail_wait: bool = False):
+        super().__init__(pipe, rank)
+        self.fail_wait, self.waits = fail_wait, 0
+
+    def recv_batch_queued(self, recvs: list[Any], timeout_s: Any = None) -> tuple[list[Any], Any]:
+        bufs = [torch.empty(shape, dtype=dtype) for shape, dtype, _, _ in recvs]
+
+        def wait() -> None:
+            self.waits += 1
+            if self.fail_wait:
+                raise RuntimeError("the queued receive failed")
+            for buf in bufs:
+                buf.copy_(self.pipe.popleft())
+
+        return bufs, wait
+
+
+def test_read_pending_queues_the_receive_and_result_waits_for_it() -> None:
+    pipe: collections.deque = collections.deque()
+    ring = InprocRing(8, 1)
+    w = TensorWriter(Loopback(pipe, 0), [1], ring.writer(), device="cpu")
+    comm = Queued(pipe, 1)
+    r = TensorReader(comm, 0, ring.reader(0))
+    w.write({"t": torch.arange(4), "n": 1})
+    pending = r.read_pending(0)
+    assert comm.waits == 0  # queued, not waited for
+    got = pending.result()
+    assert comm.waits == 1 and got["n"] == 1 and torch.equal(got["t"], torch.arange(4))
+    w.write("no tensor")
+    assert r.read_pending(0).result() == "no tensor" and comm.waits == 1
+    w.write(torch.ones(2))
+    assert torch.equal(r.read(0), torch.ones(2))  # read() waits in place
+
+
+def test_a_queued_receive_that_fails_breaks_the_channel_when_waited_for() -> None:
+    pipe: collections.deque = collections.deque()
+    ring = InprocRing(8, 1)
+    w = TensorWriter(Loopback(pipe, 0), [1], ring.writer(), device="cpu")
+    r = TensorReader(Queued(pipe, 1, fail_wait=True), 0, ring.reader(0))
+    w.write(torch.ones(2))
+    pending = r.read_pending(0)
+    with pytest.raises(ChannelBroken, match="the queued receive failed"):
+        pending.result()

@@ -124,7 +124,7 @@ class KwArgPlan(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[_Union[ArgPlan, _Mapping]] = ...) -> None: ...
 
 class TaskPlan(_message.Message):
-    __slots__ = ("task_id", "method", "display_name", "inputs", "args", "kwargs", "num_returns", "outputs", "collective")
+    __slots__ = ("task_id", "method", "display_name", "inputs", "args", "kwargs", "num_returns", "outputs", "collective", "prefetch")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,7 @@ class TaskPlan(_message.Message):
     NUM_RETURNS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     COLLECTIVE_FIELD_NUMBER: _ClassVar[int]
+    PREFETCH_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     method: str
     display_name: str
@@ -143,7 +144,8 @@ class TaskPlan(_message.Message):
     num_returns: int
     outputs: _containers.RepeatedScalarFieldContainer[str]
     collective: CollectivePlan
-    def __init__(self, task_id: _Optional[int] = ..., method: _Optional[str] = ..., display_name: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[_Union[ArgPlan, _Mapping]]] = ..., kwargs: _Optional[_Iterable[_Union[KwArgPlan, _Mapping]]] = ..., num_returns: _Optional[int] = ..., outputs: _Optional[_Iterable[str]] = ..., collective: _Optional[_Union[CollectivePlan, _Mapping]] = ...) -> None: ...
+    prefetch: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_id: _Optional[int] = ..., method: _Optional[str] = ..., display_name: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[_Union[ArgPlan, _Mapping]]] = ..., kwargs: _Optional[_Iterable[_Union[KwArgPlan, _Mapping]]] = ..., num_returns: _Optional[int] = ..., outputs: _Optional[_Iterable[str]] = ..., collective: _Optional[_Union[CollectivePlan, _Mapping]] = ..., prefetch: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CollectivePlan(_message.Message):
     __slots__ = ("collective_id", "kind", "reduce_op", "members", "rank", "src_rank", "transport", "communicator_id")

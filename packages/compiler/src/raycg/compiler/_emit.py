@@ -135,6 +135,7 @@ class _Emitter:
             value = self._arg_plan(node, task, arg, f"keyword argument {name!r}")
             task.kwargs.append(KwArgPlan(name=name, value=value))
         task.outputs.extend(self.channels_of.get(node, []))
+        task.prefetch.extend(self._channel_of(w, c) for w, c in node.meta.get("prefetch", ()))
         collective: ir.Collective | None = node.meta.get("collective")
         if collective is not None:
             task.method = ""

@@ -9,6 +9,7 @@ from .passes import (
     assign_communicators,
     assign_tensor_transports,
     assign_transports,
+    overlap,
     schedule,
     size_buffers,
     validate,
@@ -23,6 +24,7 @@ PASSES: tuple[Pass, ...] = (
     assign_tensor_transports,
     schedule,
     assign_communicators,  # after schedule: it checks the order of edges sharing an instance
+    overlap,  # after both: it moves receives only where neither order changes
     size_buffers,
 )
 

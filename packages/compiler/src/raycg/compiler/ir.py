@@ -305,6 +305,9 @@ def _format_notes(node: Node) -> str:
     if collective is not None:
         rank = collective.actor_ids.index(node.actor.actor_id) if node.actor else -1
         notes.append(f"{collective.name} rank={rank}/{len(collective.actor_ids)} via={collective.transport}")
+    prefetch = node.meta.get("prefetch")
+    if prefetch:  # overlap_gpu_communication: received before this task computes
+        notes.append("prefetch=" + ",".join(f"%{w.name}->%{c.name}" for w, c in prefetch))
     return " ".join(notes)
 
 

@@ -29,6 +29,7 @@ from raycg.transports import (
     GrpcTarget,
     GrpcWriter,
     InprocRing,
+    Pending,
     ShmRingSpec,
     ValueNotSerializable,
     open_reader,
@@ -85,6 +86,7 @@ class _Task:
         "method",
         "num_returns",
         "reads",
+        "resolve",
         "stats",
         "writers",
     )
@@ -95,6 +97,9 @@ class _Task:
         self.num_returns = num_returns
         # channels first read by this task: (value index, the channel's read)
         self.reads: list[tuple[int, Callable[[float | None], Any]]] = []
+        # values a task before this one began to receive (overlap_gpu_communication):
+        # (value index, what finishes one: waits for its tensors, places them)
+        self.resolve: list[tuple[int, Callable[[Any], Any]]] = []
         self.input_idx: list[int] = []  # every channel value this task uses
         self.getters: list[Getter] = []
         self.kwgetters: list[tuple[str, Getter]] = []
@@ -143,7 +148,6 @@ class Executor:
         self.thread = threading.Thread(target=self._run, name=f"raycg-{self.graph_id[:8]}", daemon=True)
 
     def _build(self, setup: ActorSetup, instance: object) -> list[_Task]:
-        me = setup.actor.actor_id
         plans = {c.channel_id: c for c in setup.channels}
         _tensor_edges.load_torch(list(plans.values()))
         self.groups.join_all()  # in one order on every member: a NCCL init waits for all
@@ -158,6 +162,7 @@ class Executor:
         self._index: dict[str, int] = {}
         self.read_stats: dict[str, Recorder] = {}
         tasks = []
+        prefetched: dict[str, Callable[[Any], Any]] = {}  # channel -> its resolve
         for tp in setup.actor.tasks:
             if tp.HasField("collective"):
                 coll = self._collective(tp)
@@ -170,20 +175,9 @@ class Executor:
             slots, from_input = [], []
             for ch in tp.inputs:
                 if ch not in self._index:
-                    self._index[ch] = len(self._index)
-                    read: Callable[[float | None], Any] = self._open_reader(plans[ch], me, shm, inproc).read
-                    gpu_ids = list(setup.actor.gpu_ids)
-                    edge = self._edges.get(ch)
-                    place = (
-                        _tensor_edges.placement(plans[ch], gpu_ids)
-                        if edge is None
-                        else _tensor_edges.comm_placement(plans[ch], self.groups.get(edge.group), gpu_ids)
-                    )
-                    if place is not None:  # the hint's device: the reader's GPU
-                        read = _placed(read, place)
-                    if STATS_ENABLED:  # time spent waiting for the value
-                        read = timed(read, self.read_stats.setdefault(ch, Recorder()))
-                    task.reads.append((self._index[ch], read))
+                    task.reads.append(self._reader(ch, plans[ch], setup, shm, inproc))
+                elif ch in prefetched:  # a task before this one began receiving it
+                    task.resolve.append((self._index[ch], prefetched.pop(ch)))
                 slots.append(self._index[ch])
                 from_input.append(plans[ch].writer.WhichOneof("kind") == "driver")
             task.input_idx = slots
@@ -191,8 +185,43 @@ class Executor:
             task.kwgetters = [(kw.name, _make_getter(kw.value, slots, from_input)) for kw in tp.kwargs]
             task.check = _tensor_edges.promise_check([plans[c] for c in tp.outputs], tp.display_name)
             task.writers = [self._open_writer(plans[ch], shm, inproc) for ch in tp.outputs]
+            for ch in tp.prefetch:  # received before the method runs, for a later task
+                idx, read = self._reader(ch, plans[ch], setup, shm, inproc, pending=True)
+                task.reads.append((idx, read))
+                place = self._placement(ch, plans[ch], setup)
+                prefetched[ch] = _finisher(place)
             tasks.append(task)
+        if prefetched:
+            raise RuntimeError(f"{self.actor_repr}: prefetched channels no task reads: {sorted(prefetched)}")
         return tasks
+
+    def _placement(self, ch: str, plan: ChannelPlan, setup: ActorSetup) -> Callable[[Any], Any] | None:
+        """Where the hint puts the channel's tensors on this actor (None: as they come)."""
+        gpu_ids = list(setup.actor.gpu_ids)
+        edge = self._edges.get(ch)
+        if edge is None:
+            return _tensor_edges.placement(plan, gpu_ids)
+        return _tensor_edges.comm_placement(plan, self.groups.get(edge.group), gpu_ids)
+
+    def _reader(
+        self, ch: str, plan: ChannelPlan, setup: ActorSetup, shm: dict, inproc: dict, pending: bool = False
+    ) -> tuple[int, Callable[[float | None], Any]]:
+        """Open channel ``ch``'s read end: its value index and its read. A ``pending``
+        read (a prefetch) starts the receive and returns a Pending, which the task that
+        uses the value finishes (:func:`_finisher`): placement happens there."""
+        self._index[ch] = len(self._index)
+        ep = self._open_reader(plan, setup.actor.actor_id, shm, inproc)
+        read: Callable[[float | None], Any]
+        if pending:
+            read = getattr(ep, "read_pending", None) or _pending_of(ep.read)
+        else:
+            read = ep.read
+            place = self._placement(ch, plan, setup)
+            if place is not None:  # the hint's device: the reader's GPU
+                read = _placed(read, place)
+        if STATS_ENABLED:  # time spent waiting for the value
+            read = timed(read, self.read_stats.setdefault(ch, Recorder()))
+        return self._index[ch], read
 
     def _collective(self, tp: Any) -> CollectiveTask:
         """Join this task's collective (the communicator spec came with the setup)."""
@@ -281,6 +310,13 @@ class Executor:
                     raise
                 except Exception as e:
                     vals[idx] = self._undecodable(e, task)
+            for idx, finish in task.resolve:  # overlap_gpu_communication's receives
+                try:
+                    vals[idx] = finish(vals[idx])
+                except ChannelError:
+                    raise
+                except Exception as e:
+                    vals[idx] = self._undecodable(e, task)
             result = None
             # A collective's member runs even on a failed input: the others wait for it.
             for idx in task.input_idx if task.collective is None else ():
@@ -349,6 +385,29 @@ def _placed(
     read: Callable[[float | None], Any], place: Callable[[Any], Any]
 ) -> Callable[[float | None], Any]:
     return lambda timeout_s: place(read(timeout_s))
+
+
+def _pending_of(read: Callable[[float | None], Any]) -> Callable[[float | None], Any]:
+    """A prefetch of a channel that cannot queue a receive: it reads, done at once."""
+
+    def prefetch(timeout_s: float | None) -> Pending:
+        value = read(timeout_s)
+        return Pending(lambda: value)
+
+    return prefetch
+
+
+def _finisher(place: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    """Finish a prefetched value: wait for its tensors, then place them. (A value the
+    prefetch could not decode is this execution's failure already.)"""
+
+    def finish(value: Any) -> Any:
+        if not isinstance(value, Pending):
+            return value
+        value = value.result()
+        return value if place is None else place(value)
+
+    return finish
 
 
 def _check_num_returns(result: Any, n: int, display: str) -> None:

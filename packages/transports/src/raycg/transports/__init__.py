@@ -35,7 +35,7 @@ from ._nccl import NcclCommunicator, nccl_unique_id
 from ._shm_reader import ShmRingReader
 from ._shm_ring import ShmRing, ShmRingSpec
 from ._shm_writer import ShmRingWriter
-from ._tensor_channel import TensorReader, TensorWriter
+from ._tensor_channel import Pending, TensorReader, TensorWriter
 
 if TYPE_CHECKING:
     from ._cpu_comm_net import CpuNetCommunicator
@@ -97,6 +97,7 @@ __all__ = [
     "ShmRingWriter",
     "NetNodeSpec",
     "SlotPinned",
+    "Pending",
     "TensorReader",
     "TensorWriter",
     "ValueNotSerializable",

@@ -188,6 +188,33 @@ class NcclCommunicator(Communicator):
         """Every ``(shape, dtype, peer, allocator)`` as one NCCL group, complete on return."""
         return self.exchange([], recvs, timeout_s)
 
+    def recv_batch_queued(
+        self,
+        recvs: list[tuple[tuple[int, ...], Any, int, Allocator | None]],
+        timeout_s: float | None = None,
+    ) -> tuple[list[Any], Any]:
+        """``recv_batch`` queued on the receive stream, not waited for: the tensors and
+        ``wait()``, which polls for their arrival as ``recv_batch`` does (the same bound,
+        counted from the call to ``wait``) and then makes the caller's stream wait for
+        them. Until ``wait()`` returns, the tensors must not be read.
+
+        Raises:
+            ValueError: a bad peer rank, or an allocator's tensor not on this device.
+            ChannelTimeout (from ``wait``): they did not arrive in time (aborted).
+        """
+        out = self._issue([], recvs)
+        if not out:
+            return [], lambda: None
+        event = self._torch.cuda.Event()
+        event.record(self._streams["recv"])
+        peers = sorted({p for _, p in out})
+
+        def wait() -> None:
+            self._wait_event(event, timeout_s, f"recv from rank(s) {peers}")
+            self._torch.cuda.current_stream(self._device).wait_event(event)
+
+        return [buf for buf, _ in out], wait
+
     def recv(
         self,
         shape: tuple[int, ...],
@@ -216,6 +243,21 @@ class NcclCommunicator(Communicator):
             ValueError: a bad peer rank, or a tensor not on this device.
             ChannelTimeout: the receives did not complete in time (aborted).
         """
+        out = self._issue(sends, recvs)
+        if out:
+            recv_s = self._streams["recv"]
+            self._wait(recv_s, timeout_s, f"recv from rank(s) {sorted({p for _, p in out})}")
+            torch = self._torch
+            torch.cuda.current_stream(self._device).wait_stream(recv_s)
+        return [buf for buf, _ in out]
+
+    def _issue(
+        self,
+        sends: list[tuple[Any, int]],
+        recvs: list[tuple[tuple[int, ...], Any, int, Allocator | None]],
+    ) -> list[tuple[Any, int]]:
+        """Queue the sends and receives as one NCCL group on their streams (after the
+        caller's stream's work so far); the receive buffers, with their peers."""
         self._check_open()
         torch, nccl = self._torch, self._nccl
         current = torch.cuda.current_stream(self._device)
@@ -249,10 +291,7 @@ class NcclCommunicator(Communicator):
                 self._comm.recv(buf.data_ptr(), buf.numel() * per, kind, peer, recv_s.cuda_stream)
         finally:
             nccl.groupEnd()
-        if out:
-            self._wait(recv_s, timeout_s, f"recv from rank(s) {sorted({p for _, p in out})}")
-            current.wait_stream(recv_s)
-        return [buf for buf, _ in out]
+        return out
 
     # --- collectives ------------------------------------------------------------
 
@@ -332,6 +371,10 @@ class NcclCommunicator(Communicator):
         """Until ``stream``'s work so far completes; abort past the deadline."""
         event = self._torch.cuda.Event()
         event.record(stream)
+        self._wait_event(event, timeout_s, what)
+
+    def _wait_event(self, event: Any, timeout_s: float | None, what: str) -> None:
+        """Until ``event`` completes; abort past the deadline."""
         deadline = deadline_after(self.timeout_s if timeout_s is None else timeout_s)
         pause, fast_until = _POLL_S, time.monotonic() + _POLL_FAST_S
         while not event.query():

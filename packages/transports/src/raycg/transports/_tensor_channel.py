@@ -273,6 +273,20 @@ class TensorReader(Channel):
             Exception: what unpickling the value's non-tensor part raised (its tensors
                 were received: the channel stays in step).
         """
+        return self.read_pending(timeout_s, queue=False).result()
+
+    def read_pending(self, timeout_s: float | None = None, *, queue: bool = True) -> Pending:
+        """The next value's header, and its tensors' receive started: the value is
+        ``result()`` of what this returns (``overlap_gpu_communication``).
+
+        With ``queue``, a communicator that can queue a receive and wait for it later
+        (``recv_batch_queued``: NCCL, on its receive stream) returns at once, and the
+        transfer runs while the caller computes; any other receives here.
+
+        Raises:
+            ChannelTimeout, ChannelBroken, ChannelClosed: as :meth:`read` (from
+                ``result()`` too, for a queued receive).
+        """
         header: Any = self._meta.read(timeout_s)
         try:
             skeleton, meta = header
@@ -285,11 +299,18 @@ class TensorReader(Channel):
             raise ChannelBroken(f"tensor channel: {header!r:.200} is not a header ({e})") from e
         self._last = meta
         if not recvs:
-            return skeleton
-        tensors = _guard(lambda: self._comm.recv_batch(recvs, self._recv_timeout_s), self._comm, "recv")
-        if isinstance(skeleton, _Packed):
-            skeleton = skeleton.load()  # may raise: this value's failure, the edge in step
-        return _join(skeleton, tensors)
+            return Pending(lambda: skeleton)
+        queued = getattr(self._comm, "recv_batch_queued", None) if queue else None
+        if queued is None:
+            tensors = _guard(lambda: self._comm.recv_batch(recvs, self._recv_timeout_s), self._comm, "recv")
+            return Pending(lambda: _complete(skeleton, tensors))
+        tensors, wait = _guard(lambda: queued(recvs, self._recv_timeout_s), self._comm, "recv")
+
+        def finish() -> object:
+            _guard(wait, self._comm, "recv")
+            return _complete(skeleton, tensors)
+
+        return Pending(finish)
 
     def _dtype(self, name: str) -> Any:
         dtype = self._dtypes.get(name)
@@ -304,6 +325,27 @@ class TensorReader(Channel):
 
     def close(self) -> None:
         self._meta.close()
+
+
+class Pending:
+    """A value being received: ``result()`` waits for its tensors (once) and returns it.
+
+    Raises (from ``result()``): what the receive or the unpickling raised.
+    """
+
+    __slots__ = ("_finish",)
+
+    def __init__(self, finish: Any):
+        self._finish = finish
+
+    def result(self) -> object:
+        return self._finish()
+
+
+def _complete(skeleton: Any, tensors: list[Any]) -> object:
+    if isinstance(skeleton, _Packed):
+        skeleton = skeleton.load()  # may raise: this value's failure, the edge in step
+    return _join(skeleton, tensors)
 
 
 def _guard(call: Any, comm: Communicator, what: str) -> Any:
