@@ -152,10 +152,13 @@ def _measure(plan: dict[str, tuple[int, int]], echo: tuple[int, int]) -> dict[st
         with InputNode() as inp:
             dag = members[0].echo.bind(inp)
         ours = raycg.compile(dag)
+        cases = {"echo raycg tensor": tensor, "echo raycg numpy": array}
         try:
-            for _ in range(-(-total // batch)):
-                samples.setdefault("echo raycg tensor", []).extend(_time(ours, tensor, batch))
-                samples.setdefault("echo raycg numpy", []).extend(_time(ours, array, batch))
+            # Short batches, the two taking turns first: the scheduler's noise on a
+            # 2-core machine (tens of percent from one minute to the next) falls on both.
+            for b in range(-(-total // batch)):
+                for key in cases if b % 2 == 0 else reversed(cases):
+                    samples.setdefault(key, []).extend(_time(ours, cases[key], batch))
         finally:
             ours.teardown()
         with InputNode() as inp:
@@ -177,7 +180,7 @@ def main(argv: list[str]) -> int:
     parser = _util.make_parser("tensors", __doc__.splitlines()[0])
     args = parser.parse_args(argv)
     plan = {"1 KiB": (40, 20), "4 MiB": (10, 5)} if args.quick else {"1 KiB": (300, 50), "4 MiB": (40, 10)}
-    echo = (10, 5) if args.quick else (60, 10)
+    echo = (10, 5) if args.quick else (400, 5)
     load = _util.warn_if_busy()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -227,7 +230,7 @@ def main(argv: list[str]) -> int:
         [
             f"### {_util.now_utc()}",
             f"Machine: {_util.describe_machine()}.\nRun: {WORLD} actors on a local Ray, float32 SUM; {runs}; "
-            f"echo: {echo[0]} executions each; 1-minute load average before the run {load:.2f}"
+            f"echo: {echo[0]} executions each (batches of {echo[1]}, the kinds taking turns); 1-minute load average before the run {load:.2f}"
             + (" — quick run" if args.quick else "")
             + ". One allreduce execution = driver -> make -> allreduce -> size -> driver; gloo is "
             "dist.all_reduce called in the same actors, no graph (rank 0's times).",
