@@ -230,7 +230,8 @@ def main(argv: list[str]) -> int:
         [
             f"### {_util.now_utc()}",
             f"Machine: {_util.describe_machine()}.\nRun: {WORLD} actors on a local Ray, float32 SUM; {runs}; "
-            f"echo: {echo[0]} executions each (batches of {echo[1]}, the kinds taking turns); 1-minute load average before the run {load:.2f}"
+            f"echo: {echo[0]} executions each (batches of {echo[1]}, the kinds taking turns); "
+            f"1-minute load average before the run {load:.2f}"
             + (" — quick run" if args.quick else "")
             + ". One allreduce execution = driver -> make -> allreduce -> size -> driver; gloo is "
             "dist.all_reduce called in the same actors, no graph (rank 0's times).",

@@ -205,8 +205,13 @@ class NcclCommunicator(Communicator):
         out = self._issue([], recvs)
         if not out:
             return [], lambda: None
+        recv_s = self._streams["recv"]
+        for buf, _ in out:
+            # Dropped before wait() (a teardown mid-execution), a buffer must not be
+            # handed out again by the caching allocator while NCCL may still write it.
+            buf.record_stream(recv_s)
         event = self._torch.cuda.Event()
-        event.record(self._streams["recv"])
+        event.record(recv_s)
         peers = sorted({p for _, p in out})
 
         def wait() -> None:
