@@ -3,14 +3,18 @@ and a credits stream that fails in a way gRPC does not report (an error, not a h
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
+import threading
 
 import pytest
 from grpc_testing import warm_up_grpc
 
 import raycg.transports as rt
+from raycg.transports import ChannelBroken
 from raycg.transports._address import join_host_port, split_host_port
+from raycg.transports._grpc_receiver import Receiver
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -100,3 +104,64 @@ def test_a_value_crosses_over_ipv6_loopback() -> None:
             writer.close()
             reader.close()
             ring.close()
+
+
+# --- a server's stop ----------------------------------------------------------------
+
+
+def _call_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "raycg-grpc-stream"]
+
+
+@pytest.mark.timeout(30)  # before the bound: stop waited for the stuck handler (60 s)
+def test_stop_returns_with_a_handler_stuck_in_a_wait(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A values call whose handler waits for something that never comes (and does not
+    # look at its call): stop returns within its bound, and leaves that thread behind.
+    stuck, release = threading.Event(), threading.Event()
+
+    def take_stuck(self: object, requests: object) -> None:
+        stuck.set()
+        release.wait(60)
+
+    monkeypatch.setattr(Receiver, "take", take_stuck)
+    ring = rt.ShmRing(2, 1, slot_bytes=4096, name="stuck")
+    server = rt.GrpcServer("127.0.0.1:0")
+    writer = None
+    try:
+        server.add_ring("edge", ring.spec)
+        writer = rt.GrpcWriter(rt.GrpcChannelSpec("stuck", 2, (rt.GrpcTarget(server.address, "edge"),)))
+        assert stuck.wait(20)
+        with caplog.at_level(logging.WARNING, logger="raycg.transports._grpc_server"):
+            server.stop(grace_s=0.1)
+        left = _call_threads()
+        assert left and all(t.daemon for t in left)  # abandoned: it never holds up the exit
+        assert not release.is_set()
+        assert "left to end on their own" in caplog.text and server.address in caplog.text
+    finally:
+        release.set()  # lets it end: the leak check joins it
+        server.stop()
+        if writer is not None:
+            writer.close()
+        ring.close()
+
+
+def test_stop_waits_for_calls_that_end_and_refuses_new_ones() -> None:
+    ring = rt.ShmRing(2, 1, slot_bytes=4096, name="calls")
+    server = rt.GrpcServer("127.0.0.1:0")
+    server.add_ring("edge", ring.spec)
+    reader = ring.open_reader(0)
+    writer = rt.GrpcWriter(rt.GrpcChannelSpec("calls", 2, (rt.GrpcTarget(server.address, "edge"),)))
+    try:
+        writer.write(1, 30)
+        assert reader.read(30) == 1
+        assert len(_call_threads()) == 2  # one per call of the stream
+        server.stop(grace_s=0.1)
+        assert _call_threads() == []  # the cancelled calls ended, and stop waited for them
+        with pytest.raises(ChannelBroken):
+            reader.read(30)
+    finally:
+        writer.close()
+        reader.close()
+        ring.close()

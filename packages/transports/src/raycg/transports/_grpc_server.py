@@ -8,9 +8,10 @@ request and its values call's first message; the ring is registered beforehand w
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -18,6 +19,7 @@ import grpc
 
 from . import _grpc_wire as wire
 from ._address import join_host_port, split_host_port
+from ._deadline import deadline_after, remaining
 from ._errors import ChannelBroken, ChannelError
 from ._grpc_config import METHOD, POLL_S, REGISTER_TIMEOUT_S, SEND_METHOD, SERVER_OPTIONS, SERVICE
 from ._grpc_receiver import Receiver, RingFeed
@@ -25,6 +27,67 @@ from ._shm_ring import ShmRingSpec
 
 # Each stream holds two of the server's handler threads (one per call) for its whole life.
 DEFAULT_MAX_STREAMS = 64
+# How long stop waits, past its grace, for the calls and their threads to end. Cancelled,
+# ours end within a slice (POLL_S), or once a receiver's wait for its intake (5 s) ends.
+STOP_BOUND_S = 5.0
+
+_log = logging.getLogger(__name__)
+
+
+class _CallThreads(futures.Executor):
+    """grpc.server's executor: a daemon thread per call, waited for with a bound.
+
+    Not ``futures.ThreadPoolExecutor``: its shutdown waits without a timeout, and its
+    threads are not daemons (interpreter exit joins them: concurrent.futures.thread's
+    exit hook), so one handler stuck in a wait would hang ``stop``, then the process's
+    exit. A pool would reuse nothing here anyway: every call of ours is half a stream
+    and holds its thread for the stream's whole life.
+    """
+
+    def __init__(self, name: str):
+        self._name = name
+        self._lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+        self._closed = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        future: futures.Future[Any] = futures.Future()
+        thread = threading.Thread(
+            target=self._run, args=(future, fn, args, kwargs), name=self._name, daemon=True
+        )
+        with self._lock:  # started under it: join() never meets a thread not yet started
+            if self._closed:
+                raise RuntimeError(f"{self._name}: the server is stopping; no new call")
+            thread.start()
+            self._threads.add(thread)
+        return future
+
+    def _run(self, future: futures.Future[Any], fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
+        try:
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as e:  # what an executor does: the future holds it
+                    future.set_exception(e)
+                else:
+                    future.set_result(result)
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def join(self, timeout_s: float) -> list[threading.Thread]:
+        """Take no more calls; wait up to ``timeout_s`` for the running ones to end.
+        Returns the threads still running (daemons: they never hold the process up)."""
+        deadline = deadline_after(timeout_s)
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(remaining(deadline))
+        return [t for t in threads if t.is_alive()]
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.join(STOP_BOUND_S if wait else 0)  # bounded even when asked to wait
 
 
 class GrpcServer:
@@ -59,8 +122,12 @@ class GrpcServer:
         self._stopped = False
         self._cond = threading.Condition()
         calls = 2 * max_streams
-        self._pool = futures.ThreadPoolExecutor(calls, thread_name_prefix="raycg-grpc-stream")
-        self._server = grpc.server(self._pool, options=SERVER_OPTIONS, maximum_concurrent_rpcs=calls)
+        self._calls = _CallThreads("raycg-grpc-stream")  # at most `calls`: gRPC refuses more
+        self._server = grpc.server(
+            self._calls,  # type: ignore[arg-type]  # grpc only submits to it
+            options=SERVER_OPTIONS,
+            maximum_concurrent_rpcs=calls,
+        )
         handlers = {  # raw bytes both ways
             METHOD: grpc.unary_stream_rpc_method_handler(self._open),
             SEND_METHOD: grpc.stream_unary_rpc_method_handler(self._send),
@@ -74,7 +141,7 @@ class GrpcServer:
             why = ""
         if not port:
             self._server.stop(None)  # frees its completion queue (an epoll fd and an eventfd)
-            self._pool.shutdown()
+            self._calls.join(0)
             raise OSError(
                 f"cannot listen on {address!r}{why} (is the port in use, or not this node's address?)"
             )
@@ -172,14 +239,24 @@ class GrpcServer:
 
     def stop(self, grace_s: float = 1.0) -> None:
         """Stop listening and end every stream (their rings break unless closed first).
-        Idempotent; returns within about ``grace_s``."""
+        Idempotent; returns once every call has ended, within ``grace_s`` plus
+        STOP_BOUND_S whatever they do: a call thread still running then (a handler
+        stuck in a wait) is logged and left to end on its own (a daemon thread)."""
         with self._cond:
             if self._stopped:
                 return
             self._stopped = True
             self._cond.notify_all()
-        self._server.stop(grace_s).wait(grace_s + 5)
-        self._pool.shutdown(wait=True)
+        deadline = deadline_after(grace_s + STOP_BOUND_S)
+        self._server.stop(grace_s).wait(remaining(deadline))  # cancels every call after grace_s
+        stuck = self._calls.join(remaining(deadline))
+        if stuck:
+            _log.warning(
+                "%r: %d call thread(s) still running %.1f s after stop; left to end on their own",
+                self,
+                len(stuck),
+                grace_s + STOP_BOUND_S,
+            )
 
     def __enter__(self) -> GrpcServer:
         return self
