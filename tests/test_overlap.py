@@ -84,6 +84,8 @@ def test_the_receive_comes_before_the_task_in_between(stages: list[Any], tmp_pat
     try:
         b_tasks = next(a for a in graph.plan.actors if a.actor_id == stages[1]._actor_id.hex()).tasks
         assert [bool(t.prefetch) for t in b_tasks] == [True, False]
+        drawing = graph.visualize(format="ascii")
+        assert drawing.count("receives") == 1 and "'s tensors first (overlap)" in drawing
         refs = graph.execute(3)
         # b cannot run gate_open before it has x's header, which a writes only once the
         # gate exists: so gate_open sees it, whenever the gate opens.

@@ -30,7 +30,10 @@ def to_ascii(plan: Plan) -> str:
         lines += [f"  {title}"] if title else []
         for i in indices:
             lines.append(f"{indent}  {_layout.actor_title(plan.actors[i])}")
-            lines += [f"{indent}    {_layout.task_title(t)}" for t in tasks if t.actor_index == i]
+            for t in tasks:
+                if t.actor_index == i:
+                    lines.append(f"{indent}    {_layout.task_title(t)}")
+                    lines += [f"{indent}       {line}" for line in _early(plan, t, tasks)]
     lines.append("channels")
     for channel in plan.channels:
         ends = _layout.readers(plan, channel, tasks)
@@ -47,6 +50,17 @@ def to_ascii(plan: Plan) -> str:
             f"  {cid}: {_describe.collective_op(coll)} via {_describe.communicator(coll)}, ranks {ranks}"
         )
     return "\n".join([*lines, ""])
+
+
+def _early(plan: Plan, task: _layout.Task, tasks: list[_layout.Task]) -> list[str]:
+    """``overlap_gpu_communication``: what the task receives before it computes, for a
+    later task of its actor: ``receives B.make's tensors first (overlap)``."""
+    channels = {c.channel_id: c for c in plan.channels}
+    out = []
+    for cid in task.plan.prefetch:
+        writers = ", ".join(w.name for w in _layout.writers(channels[cid], tasks)) or "?"
+        out.append(f"receives {writers}'s tensors first (overlap)")
+    return out
 
 
 def _ascii_tensors(channel: ChannelPlan, readers: list[_layout.End]) -> str:
