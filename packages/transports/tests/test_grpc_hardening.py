@@ -3,17 +3,24 @@ and a credits stream that fails in a way gRPC does not report (an error, not a h
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import socket
 import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
 
+import grpc
 import pytest
 from grpc_testing import warm_up_grpc
 
 import raycg.transports as rt
 from raycg.transports import ChannelBroken
+from raycg.transports import _grpc_wire as wire
 from raycg.transports._address import join_host_port, split_host_port
+from raycg.transports._grpc_config import METHOD, SEND_METHOD, SERVER_OPTIONS, SERVICE
 from raycg.transports._grpc_receiver import Receiver
 
 pytestmark = pytest.mark.timeout(60)
@@ -165,3 +172,55 @@ def test_stop_waits_for_calls_that_end_and_refuses_new_ones() -> None:
         writer.close()
         reader.close()
         ring.close()
+
+
+# --- a credits stream that cannot be read -------------------------------------------
+
+
+@contextlib.contextmanager
+def _fake_receiver(credits: bytes) -> Iterator[str]:
+    """A server that speaks the stream's two calls, but answers the credits call with
+    ``credits`` and then nothing (the call stays open until the writer ends it)."""
+
+    def open_credits(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        yield credits
+        deadline = time.monotonic() + 60
+        while context.is_active() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def take_values(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        for _ in requests:
+            pass
+        return b""
+
+    pool = futures.ThreadPoolExecutor(4)
+    server = grpc.server(pool, options=SERVER_OPTIONS)
+    handlers = {
+        METHOD: grpc.unary_stream_rpc_method_handler(open_credits),
+        SEND_METHOD: grpc.stream_unary_rpc_method_handler(take_values),
+    }
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None).wait(30)
+        pool.shutdown(wait=True)
+
+
+@pytest.mark.timeout(30)  # before: the write waited for credit for its whole timeout (60 s)
+@pytest.mark.parametrize("credits", [wire.CREDIT + b"\x01", b"?unknown"], ids=["truncated", "unknown-kind"])
+def test_a_credits_message_that_cannot_be_read_breaks_the_stream(credits: bytes) -> None:
+    # grpc raises no RpcError here: the message arrives, and only reading it fails. The
+    # credits thread must end the stream as broken, not die and leave the writer waiting.
+    with _fake_receiver(credits) as address:
+        writer = rt.GrpcWriter(rt.GrpcChannelSpec("fake", 1, (rt.GrpcTarget(address, "edge"),)))
+        try:
+            with pytest.raises(ChannelBroken, match=f"channel 'fake': the stream to {address} failed"):
+                for i in range(2):  # the second waits for a credit: one slot
+                    writer.write(i, 60)
+            with pytest.raises(ChannelBroken, match="its credits could not be read"):
+                writer.write(2, 60)  # and so does every later one, at once
+        finally:
+            writer.close()

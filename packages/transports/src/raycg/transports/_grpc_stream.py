@@ -108,19 +108,12 @@ class Stream:
         self._credits.cancel()
 
     def _listen(self) -> None:
+        """The credits thread: reads the credits call until it ends, then records why.
+        Whatever ends it (an exception of any kind included), the stream ends with it,
+        as broken unless it was closed: never a dead thread and a writer left waiting."""
         error: ChannelError
         try:
-            for msg in self._credits:
-                if msg[:1] == wire.CREDIT:
-                    with self._cond:
-                        self.released = max(self.released, wire.parse_credit(msg))
-                        self._cond.notify_all()
-                elif msg[:1] == wire.END:
-                    cls = ChannelClosed if msg[1:2] == wire.END_CLOSED else ChannelBroken
-                    error = cls(msg[2:].decode("utf-8", "replace"))
-                    break
-            else:
-                error = ChannelBroken(f"channel {self.name!r}: the stream to {self.target.address} ended")
+            error = self._read_credits()
         except grpc.RpcError as e:
             if self._closing:
                 error = ChannelClosed(f"channel {self.name!r} is closed")
@@ -129,12 +122,33 @@ class Stream:
                     f"channel {self.name!r}: the stream to {self.target.address} failed "
                     f"({e.code().name}: {e.details()})"  # type: ignore[attr-defined]
                 )
+        except Exception as e:  # a corrupt message, or a fault of ours: the stream is lost
+            self._credits.cancel()  # the receiver learns it now, not at the writer's close
+            error = ChannelBroken(
+                f"channel {self.name!r}: the stream to {self.target.address} failed: its credits "
+                f"could not be read ({type(e).__name__}: {e})"
+            )
         finally:
             self._queue.put(None)  # ends the values call's requests, and gRPC's thread with it
         with self._cond:
             self.error = self.error or error
             self.done = True
             self._cond.notify_all()
+
+    def _read_credits(self) -> ChannelError:
+        """Take the credits call's messages until its end message; return how it ended."""
+        for msg in self._credits:
+            kind = msg[:1]
+            if kind == wire.CREDIT:
+                with self._cond:
+                    self.released = max(self.released, wire.parse_credit(msg))
+                    self._cond.notify_all()
+            elif kind == wire.END:
+                cls = ChannelClosed if msg[1:2] == wire.END_CLOSED else ChannelBroken
+                return cls(msg[2:].decode("utf-8", "replace"))
+            else:
+                raise ValueError(f"a message of unknown kind {kind!r}")
+        return ChannelBroken(f"channel {self.name!r}: the stream to {self.target.address} ended")
 
     def begin_close(self) -> None:
         """Tell the receiver to close its ring, without waiting (a writer tells all its
