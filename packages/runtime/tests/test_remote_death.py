@@ -117,19 +117,10 @@ def test_a_caller_waiting_for_the_first_ones_answer_keeps_its_own_budget(
 def test_no_raylet_is_probed_past_the_callers_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     # Ten remote nodes, every raylet silent, each probe most of a second: a lookup with a
     # 0.5 s budget must stop probing once it is spent, not finish the round.
-    import ray
-    from ray._private import state
-
     nodes = [f"n{i}" for i in range(10)]
-    monkeypatch.setattr(
-        ray,
-        "nodes",
-        lambda: [
-            {"NodeID": n, "Alive": True, "NodeManagerAddress": "127.0.0.1", "NodeManagerPort": 1}
-            for n in nodes
-        ],
-    )
-    monkeypatch.setattr(state, "actors", lambda actor_id: {"State": "ALIVE"})
+    table = {n: _remote_death._Node(True, ("127.0.0.1", 1)) for n in nodes}
+    monkeypatch.setattr(_remote_death, "_node_table", lambda timeout_s: table)
+    monkeypatch.setattr(_remote_death, "_actor_dead", lambda actor_ids: None)
     probes: list[tuple[str, int]] = []
 
     def silent(address: tuple[str, int]) -> str:

@@ -8,7 +8,7 @@ killed actor is marked dead by its raylet within about a second, a silent node b
 GCS once its health checks give up. So on a fault, and only then, the caller asks,
 every ``INTERVAL_S``:
 
-1. Ray's node table (``ray.nodes()``): a remote actor's node marked dead;
+1. Ray's node table (the GCS client's, with a timeout): a remote actor's node marked dead;
 2. Ray's actor table (``ray._private.state``): a remote actor marked dead;
 3. each remote node's raylet, at the address Ray registered for it: a refused TCP
    connect means its process is gone (the node is lost, seconds before the GCS says
@@ -18,17 +18,18 @@ every ``INTERVAL_S``:
 The first dead actor found is the cause. While every remote raylet answers, the caller
 asks for ``PROBE_S`` (Ray's word on a killed actor); while one is silent, it waits for
 Ray's verdict on that node, up to Ray's node-death window (``node_death_s``). None found
-within the bound: a network fault. Every bound is also capped by the caller's timeout.
+within the bound: a network fault. Every bound is also capped by the caller's timeout,
+and so is every wait for Ray's tables (an unreachable GCS would hold ``ray.nodes()`` and
+the actor table for Ray's GCS request timeout, a minute): once it is spent, the lookup
+answers with what it knows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
-from typing import Any
-
-import ray
 
 from raycg.proto import Plan
 from raycg.transports import join_host_port
@@ -38,6 +39,11 @@ INTERVAL_S = 0.2
 CONNECT_TIMEOUT_S = 0.3
 # Any reply within this is a raylet that answers; none is a silent one.
 ANSWER_TIMEOUT_S = 0.5
+# How long a round waits for each of Ray's tables: a GCS that does not answer in this is
+# unreachable for now (it answers in ms). Within the caller's budget, but at least the
+# floor, so that a caller with no time left still gets Ray's word if it comes at once.
+GCS_READ_S = 1.0
+GCS_READ_MIN_S = 0.1
 # The raylet's gRPC server answers this (grpc.health.v1, as the GCS's health checks ask).
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
@@ -98,8 +104,9 @@ def _look(remote: list[tuple[str, str]], bound_s: float, silent_bound_s: float) 
     """Ask until a dead actor is found, or PROBE_S has passed with every remote raylet
     answering, or ``bound_s`` has passed (``silent_bound_s`` while a raylet is silent)."""
     start = time.monotonic()
+    ray_view = _RayView([actor_id for actor_id, _ in remote])
     while True:
-        found, silent = _dead_now(remote, start + bound_s)
+        found, silent = _dead_now(remote, start + bound_s, ray_view)
         if found is not None:
             return found
         waited = time.monotonic() - start
@@ -109,25 +116,19 @@ def _look(remote: list[tuple[str, str]], bound_s: float, silent_bound_s: float) 
         time.sleep(INTERVAL_S)
 
 
-def _dead_now(remote: list[tuple[str, str]], deadline: float) -> tuple[tuple[str, str] | None, bool]:
+def _dead_now(
+    remote: list[tuple[str, str]], deadline: float, ray_view: _RayView
+) -> tuple[tuple[str, str] | None, bool]:
     """(the first dead actor found, or None; whether some remote raylet is silent). No
-    raylet is probed past ``deadline`` (each probe may take most of a second)."""
-    from ray._private import state  # Ray's actor table: no public API without a dashboard
-
-    try:
-        nodes: dict[str, dict[str, Any]] = {n["NodeID"]: n for n in ray.nodes()}
-    except Exception:  # the GCS unreachable: Ray cannot say; the raylets may
-        nodes = {}
+    raylet is probed past ``deadline`` (each probe may take most of a second), and Ray's
+    tables are waited for until it (by GCS_READ_MIN_S at least)."""
+    nodes = ray_view.nodes(deadline)
     for actor_id, node_id in remote:
-        if node_id in nodes and not nodes[node_id].get("Alive", True):
+        if node_id in nodes and not nodes[node_id].alive:
             return (actor_id, f"its node {node_id[:8]} is dead"), False
-    for actor_id, _ in remote:
-        try:
-            info = state.actors(actor_id=actor_id)
-        except Exception:
-            break
-        if info and info.get("State") == "DEAD":
-            return (actor_id, "Ray reports it dead"), False
+    dead = ray_view.dead_actor(deadline)
+    if dead is not None:
+        return (dead, "Ray reports it dead"), False
     probed: set[str] = set()
     silent = False
     for actor_id, node_id in remote:
@@ -137,13 +138,96 @@ def _dead_now(remote: list[tuple[str, str]], deadline: float) -> tuple[tuple[str
         if time.monotonic() >= deadline:
             break
         probed.add(node_id)
-        address = (node["NodeManagerAddress"], int(node["NodeManagerPort"]))
-        where = join_host_port(*address)
-        raylet = _raylet(address)
+        where = join_host_port(*node.raylet)
+        raylet = _raylet(node.raylet)
         if raylet == "refused":
             return (actor_id, f"its node {node_id[:8]} is lost (its raylet at {where} is gone)"), False
         silent = silent or raylet == "silent"
     return None, silent
+
+
+@dataclasses.dataclass(frozen=True)
+class _Node:
+    alive: bool
+    raylet: tuple[str, int]  # its raylet's address, as Ray registered it
+
+
+def _node_table(timeout_s: float) -> dict[str, _Node] | None:
+    """Ray's node table by node id (hex), or None: the GCS did not answer within
+    ``timeout_s``. Through the GCS client's call that takes a timeout: ``ray.nodes()``
+    has none, and waits for an unreachable GCS as long as Ray's GCS request timeout."""
+    from ray._private.worker import global_worker  # no public API with a timeout
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo  # type: ignore[attr-defined]
+
+    try:
+        infos = global_worker.gcs_client.get_all_node_info(timeout=timeout_s)  # type: ignore[attr-defined]
+    except Exception:  # unreachable (DEADLINE_EXCEEDED, UNAVAILABLE), or Ray shut down
+        return None
+    return {
+        node_id.hex(): _Node(
+            info.state == GcsNodeInfo.ALIVE, (info.node_manager_address, info.node_manager_port)
+        )
+        for node_id, info in infos.items()
+    }
+
+
+def _actor_dead(actor_ids: list[str]) -> str | None:
+    """The first of ``actor_ids`` Ray's actor table says is dead (blocks while the GCS
+    does not answer: run by :class:`_RayView` on a thread of its own)."""
+    from ray._private import state  # Ray's actor table: no public API without a dashboard
+
+    for actor_id in actor_ids:
+        try:
+            info = state.actors(actor_id=actor_id)
+        except Exception:
+            return None
+        if info and info.get("State") == "DEAD":
+            return actor_id
+    return None
+
+
+class _RayView:
+    """What Ray's tables say during one lookup, never waited for past its deadline.
+
+    The node table comes through a call with a timeout (:func:`_node_table`); the last
+    one that came is kept, so that a GCS that stops answering still leaves the raylets'
+    addresses to probe. The actor table has no such call (Ray's waits as long as its GCS
+    request timeout, a minute): it is read on a daemon thread, at most one at a time, which
+    a round waits for until its deadline; a read still running then is waited for by the
+    next round, not started again (so an unreachable GCS holds one thread, not one per round).
+    """
+
+    def __init__(self, actor_ids: list[str]):
+        self._actor_ids = actor_ids
+        self._nodes: dict[str, _Node] = {}
+        self._read: threading.Thread | None = None
+        self._read_dead: list[str | None] = []  # the running read's answer, once in
+
+    def nodes(self, deadline: float) -> dict[str, _Node]:
+        table = _node_table(_read_s(deadline))
+        if table is not None:
+            self._nodes = table
+        return self._nodes
+
+    def dead_actor(self, deadline: float) -> str | None:
+        if self._read is None:
+            answer: list[str | None] = []
+            self._read_dead = answer
+            self._read = threading.Thread(
+                target=lambda: answer.append(_actor_dead(self._actor_ids)),
+                name="raycg-actor-table",
+                daemon=True,
+            )
+            self._read.start()
+        self._read.join(_read_s(deadline))
+        if self._read.is_alive():
+            return None  # Ray cannot say yet; the raylets may
+        self._read = None
+        return self._read_dead[0] if self._read_dead else None
+
+
+def _read_s(deadline: float) -> float:
+    return min(GCS_READ_S, max(deadline - time.monotonic(), GCS_READ_MIN_S))
 
 
 def _raylet(address: tuple[str, int]) -> str:
