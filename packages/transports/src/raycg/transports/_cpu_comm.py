@@ -103,6 +103,46 @@ class SegmentMember(Communicator):
         except ChannelClosed as e:
             raise self._aborted_error() from e
 
+    def _received(
+        self,
+        reader: Any,
+        shape: tuple[int, ...],
+        dtype: Any,
+        peer_rank: int,
+        allocator: Allocator | None,
+        timeout_s: float | None,
+    ) -> Any:
+        """``recv``'s common half: the next value of ``reader`` (the ring or link from
+        ``peer_rank``), checked to be a ``shape`` ``dtype`` tensor, in ``allocator``'s
+        tensor if given.
+
+        Raises:
+            ChannelBroken: the peer sent something else.
+            ChannelTimeout: nothing came in time (the communicator is aborted).
+        """
+        got = self._guard(
+            lambda: sliced(
+                lambda t: reader.read(t, copy=True), self._timeout(timeout_s), lambda: self.aborted
+            ),
+            f"recv from rank {peer_rank}",
+        )
+        torch = _torch()
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(shape) or got.dtype != dtype:
+            what = (
+                f"a {tuple(got.shape)} {got.dtype} tensor"
+                if isinstance(got, torch.Tensor)
+                else type(got).__name__
+            )
+            raise ChannelBroken(
+                f"communicator {self.spec.name!r}: rank {self._rank} expected a {tuple(shape)} {dtype} "
+                f"tensor from rank {peer_rank}, got {what}: the two sides disagree on the transfer"
+            )
+        if allocator is None:
+            return got
+        buf = allocator(tuple(shape), dtype)
+        buf.copy_(got)
+        return buf
+
     def _check_open(self) -> None:
         if self._seg is None or self._rank is None:
             raise ChannelClosed(f"communicator {self.spec.name!r}: not initialized, or destroyed")
@@ -198,28 +238,7 @@ class CpuCommunicator(SegmentMember):
             ChannelTimeout: nothing came in time (the communicator is aborted).
         """
         reader = self._peer(self._readers, peer_rank, "receive from")
-        got = self._guard(
-            lambda: sliced(
-                lambda t: reader.read(t, copy=True), self._timeout(timeout_s), lambda: self.aborted
-            ),
-            f"recv from rank {peer_rank}",
-        )
-        torch = _torch()
-        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(shape) or got.dtype != dtype:
-            what = (
-                f"a {tuple(got.shape)} {got.dtype} tensor"
-                if isinstance(got, torch.Tensor)
-                else type(got).__name__
-            )
-            raise ChannelBroken(
-                f"communicator {self.spec.name!r}: rank {self._rank} expected a {tuple(shape)} {dtype} "
-                f"tensor from rank {peer_rank}, got {what}: the two sides disagree on the transfer"
-            )
-        if allocator is None:
-            return got
-        buf = allocator(tuple(shape), dtype)
-        buf.copy_(got)
-        return buf
+        return self._received(reader, shape, dtype, peer_rank, allocator, timeout_s)
 
     def _peer(self, ends: dict[int, Any], peer_rank: int, what: str) -> Any:
         self._check_open()

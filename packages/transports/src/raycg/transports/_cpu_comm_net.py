@@ -47,13 +47,13 @@ from typing import Any
 
 from ._channel import Channel
 from ._communicator import Allocator, ReduceOp
-from ._cpu_comm import DEFAULT_TIMEOUT_S, SegmentMember, _check_cpu, _put, _torch, sliced
+from ._cpu_comm import DEFAULT_TIMEOUT_S, SegmentMember, _check_cpu, _put, sliced
 from ._cpu_comm_net_leader import Leader
 from ._cpu_comm_net_links import Links
 from ._cpu_comm_net_node import CpuNetSpec, p2p_id
 from ._cpu_comm_segment import ARRIVED, DONE, REDUCED, MemberSegment
 from ._deadline import deadline_after
-from ._errors import ChannelBroken, ChannelClosed, ChannelError
+from ._errors import ChannelClosed, ChannelError
 from ._shm_reader import ShmRingReader
 from ._shm_writer import ShmRingWriter
 
@@ -196,28 +196,7 @@ class CpuNetCommunicator(SegmentMember):
         reader = self._readers.get(peer_rank)
         if reader is None or peer_rank == self._rank:
             raise self._bad_peer(peer_rank, "receive from")
-        got = self._guard(
-            lambda: sliced(
-                lambda t: reader.read(t, copy=True), self._timeout(timeout_s), lambda: self.aborted
-            ),
-            f"recv from rank {peer_rank}",
-        )
-        torch = _torch()
-        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(shape) or got.dtype != dtype:
-            what = (
-                f"a {tuple(got.shape)} {got.dtype} tensor"
-                if isinstance(got, torch.Tensor)
-                else type(got).__name__
-            )
-            raise ChannelBroken(
-                f"communicator {self.spec.name!r}: rank {self._rank} expected a {tuple(shape)} {dtype} "
-                f"tensor from rank {peer_rank}, got {what}: the two sides disagree on the transfer"
-            )
-        if allocator is None:
-            return got
-        buf = allocator(tuple(shape), dtype)
-        buf.copy_(got)
-        return buf
+        return self._received(reader, shape, dtype, peer_rank, allocator, timeout_s)
 
     def _bad_peer(self, peer: int, what: str) -> ValueError:
         if not self.spec.nodes[self._node].local.p2p and self.spec.world_size > 1:
