@@ -1,7 +1,8 @@
 """``overlap_gpu_communication=True`` on a real local Ray, over raycg's NCCL edge path on
 CPU actors (``CpuTwin``): an actor receives a later task's communicator tensors before
 it computes the task in between, and what every task returns is the same as without
-the option; a failure carried by the early receive stays its reader's.
+the option; a failure carried by the early receive stays its reader's; a writer that
+never sends its tensors times the early receive out, and teardown returns.
 
 (On NCCL the receive is queued on the receive stream and waited for only by the task
 that reads it, which is the overlap; on the twin, as on any CPU communicator, a receive
@@ -10,6 +11,7 @@ completes where it is made. ``gpu`` tests of the queued receive: packages/transp
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,10 @@ import pytest
 import ray
 import torch
 from ray.dag import InputNode, MultiOutputNode
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayChannelTimeoutError, RayTaskError
 
 import raycg
+from raycg.runtime import actor_running_graphs
 from raycg.runtime.testing import CpuTwin
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
@@ -135,3 +138,25 @@ def test_results_and_failures_are_the_same_with_the_option(stages: list[Any], tm
         finally:
             graph.teardown()
     assert got[True] == got[False] == [[2.0] * 4, "failed", [4.0] * 4, [6.0] * 4, "failed", [8.0] * 4]
+
+
+def test_a_writer_that_never_sends_times_out_the_early_receive(ray_local: None, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    gate.touch()
+    stall = [{"rank": 0, "op": "send", "after": 2, "seconds": 3600}]  # the third value's tensors
+    env = {"env_vars": {"RAYCG_COMM_FAULTS": json.dumps(stall)}}
+    a, b = Stage.options(runtime_env=env).remote(), Stage.remote()
+    try:
+        with InputNode() as inp:
+            x = a.make.bind(inp, str(gate)).with_tensor_transport(transport=CpuTwin([a, b]))
+            dag = MultiOutputNode([b.gate_open.bind(inp, str(gate)), b.double.bind(x)])
+        graph = raycg.compile(dag, get_timeout=2, overlap_gpu_communication=True)
+        for k in range(2):
+            assert ray.get(graph.execute(k))[1].tolist() == [2.0 * k] * 4
+        with pytest.raises(RayChannelTimeoutError):  # b waits in gate_open's early receive
+            ray.get(graph.execute(5))
+        graph.teardown()  # returns: the communicator is aborted, nothing stays blocked
+        assert not actor_running_graphs(a) and not actor_running_graphs(b)
+    finally:
+        ray.kill(a)
+        ray.kill(b)
