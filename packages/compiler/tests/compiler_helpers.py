@@ -47,6 +47,22 @@ def plain_function(x: object) -> object:
     return x
 
 
+def kill_and_wait(actor: Any, timeout_s: float = 30.0) -> None:
+    """``ray.kill(actor)``, then wait until a call to it fails as dead. The kill is
+    asynchronous: a call made just after it may still be served (it reached the actor
+    before the kill did), so one failing call is waited for, not assumed."""
+    ray.kill(actor)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(actor.echo.remote(None), timeout=max(0.1, deadline - time.monotonic()))
+        except ray.exceptions.RayActorError:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{actor} still answers {timeout_s} s after ray.kill")
+        time.sleep(0.05)
+
+
 def compile_debug(dag: object, options: Options = OPTIONS, **kwargs: Any) -> CompiledPlan:
     """compile_plan with the IR linted after every pass."""
     return compile_plan(dag, options, debug=True, **kwargs)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 import ray
+from compiler_helpers import kill_and_wait
 from ray.dag import InputNode
 
 from raycg.compiler._frontend import read_dag
@@ -26,9 +26,7 @@ def test_live_actors_on_the_driver_node(actors: list[Any]) -> None:
 
 def test_dead_and_busy_actors_are_recorded(new_actor: Callable[[], Any], actors: list[Any]) -> None:
     dead, busy = new_actor(), new_actor()
-    ray.kill(dead)
-    with pytest.raises(ray.exceptions.RayActorError):  # the kill is asynchronous: wait for it
-        ray.get(dead.echo.remote(None), timeout=30)
+    kill_and_wait(dead)
     busy.sleep.remote(120)  # killed by the fixture at the end
     with InputNode() as inp:
         graph = read_dag(busy.echo.bind(dead.echo.bind(actors[0].echo.bind(inp))))

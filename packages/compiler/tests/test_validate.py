@@ -8,8 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import ray
-from compiler_helpers import OPTIONS, Echo, compile_debug, plain_function
+from compiler_helpers import OPTIONS, Echo, compile_debug, kill_and_wait, plain_function
 from ray.dag import InputNode, MultiOutputNode
 
 import raycg.collective as raycg_collective
@@ -93,9 +92,7 @@ def test_result_read_by_a_task_that_is_not_compiled(actors: list[Any]) -> None:
 
 def test_dead_actor_then_fixed(new_actor: Callable[[], Any], actors: list[Any]) -> None:
     doomed = new_actor()
-    ray.kill(doomed)
-    with pytest.raises(ray.exceptions.RayActorError):  # the kill is asynchronous: wait for it
-        ray.get(doomed.echo.remote(None), timeout=30)
+    kill_and_wait(doomed)
     with InputNode() as inp:
         dag = actors[0].echo.bind(doomed.echo.bind(inp))
     label = re.escape(f"Echo({doomed._actor_id.hex()[:6]})")
