@@ -8,6 +8,14 @@ a. raycg's gRPC channel: a GrpcWriter each way, into a ring on the other side re
 b. a bare sync grpcio bidirectional stream: the request iterator fed from a queue, the
    value as bytes in 1 MiB messages, the child answering once the last one arrived.
 c. the same stream with grpcio's asyncio API (grpc.aio) on both sides.
+d. a bare sync *pull* shape: each side holds a unary-stream call to the other's server,
+   made with ``SingleThreadedUnaryStream`` so that the reading thread polls the call
+   itself (no hand-off from grpcio's channel thread), and sends by queueing for its own
+   server's handler. Not what raycg does: the shape its channel would take to cut a
+   crossing's thread hand-offs (docs/transports.md).
+e. two bare sync client streams, one each way, each side's handler handing what it got
+   to the other's stream: raycg's own shape with nothing of raycg in it, so a - e is
+   what the channel adds to the shape it has.
 
 Two figures each: the round trip of a small value, and the time for 64 MiB to cross
 (until the answer is back), as throughput. b and c are what the channel was chosen
@@ -20,12 +28,14 @@ import asyncio
 import dataclasses
 import multiprocessing as mp
 import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
 import grpc
+import grpc.experimental
 import numpy as np
 
 from raycg.transports import ChannelClosed, GrpcChannelSpec, GrpcServer, GrpcTarget, GrpcWriter, ShmRing
@@ -38,7 +48,12 @@ CHUNK_BYTES = 1 << 20
 NSLOTS = 4
 METHOD = "/bench.Bare/Stream"
 A, B, C = "a. raycg GrpcWriter", "b. bare grpcio stream (sync)", "c. bare grpcio stream (asyncio)"
+D = "d. bare grpcio pull (sync)"
+E = "e. two bare client streams (sync)"
+PULL_METHOD = "/bench.Bare/Pull"
+PUSH_METHOD = "/bench.Bare/Push"
 OPTIONS = [("grpc.max_send_message_length", 8 << 20), ("grpc.max_receive_message_length", 8 << 20)]
+PULL_OPTIONS = [*OPTIONS, (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,15 +76,22 @@ def _child(conn: Any) -> None:
     server = GrpcServer("127.0.0.1:0")
     server.add_ring("ping", ring.spec)
     reader = ring.open_reader(0)
-    bare_sync = grpc.server(futures.ThreadPoolExecutor(2), options=OPTIONS)
-    bare_sync.add_generic_rpc_handlers([_bare_handler(_sync_echo)])
+    # b, d and e each hold one of its threads for the run's whole length
+    bare_sync = grpc.server(futures.ThreadPoolExecutor(4), options=OPTIONS)
+    outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    answers: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()  # e: to the parent's push
+    bare_sync.add_generic_rpc_handlers([_bare_handler(_sync_echo, outbox, _push_echo(answers))])
     sync_port = bare_sync.add_insecure_port("127.0.0.1:0")
     bare_sync.start()
     aio_port: queue.SimpleQueue[int] = queue.SimpleQueue()
     loop = asyncio.new_event_loop()
     aio_thread = _start_aio_server(loop, aio_port)
     conn.send((server.address, sync_port, aio_port.get()))
-    pong_address = conn.recv()
+    pong_address, pull_port, push_port = conn.recv()
+    puller = threading.Thread(target=_pull_echo, args=(pull_port, outbox), daemon=True)
+    puller.start()
+    push_channel = grpc.insecure_channel(f"127.0.0.1:{push_port}", options=OPTIONS)
+    pushed = push_channel.stream_unary(PUSH_METHOD).future(iter(answers.get, None))
     writer = GrpcWriter(GrpcChannelSpec("bench.pong", NSLOTS, (GrpcTarget(pong_address, "pong"),)))
     try:
         while (value := reader.read()) is not None:
@@ -82,15 +104,56 @@ def _child(conn: Any) -> None:
         reader.close()
         server.stop()
         ring.close()
+        outbox.put(None)
+        answers.put(None)
+        pushed.cancel()
+        push_channel.close()
         bare_sync.stop(None)
+        puller.join(5)
         loop.call_soon_threadsafe(loop.stop)
         aio_thread.join()
 
 
-def _bare_handler(fn: Callable[..., Any]) -> grpc.GenericRpcHandler:
-    return grpc.method_handlers_generic_handler(
-        "bench.Bare", {"Stream": grpc.stream_stream_rpc_method_handler(fn)}
-    )
+def _bare_handler(
+    fn: Callable[..., Any], outbox: Any = None, push: Callable[..., Any] | None = None
+) -> grpc.GenericRpcHandler:
+    handlers = {"Stream": grpc.stream_stream_rpc_method_handler(fn)}
+    if outbox is not None:  # d: what this side sends, to the other side's pull
+        handlers["Pull"] = grpc.unary_stream_rpc_method_handler(lambda _request, _ctx: iter(outbox.get, None))
+    if push is not None:  # e: what the other side's client stream sends here
+        handlers["Push"] = grpc.stream_unary_rpc_method_handler(push)
+    return grpc.method_handlers_generic_handler("bench.Bare", handlers)
+
+
+def _push_echo(answers: Any) -> Callable[[Iterator[bytes], Any], bytes]:
+    """e, the child's side: what the parent's stream brings, answered on the child's own
+    stream to the parent (S: echoed; E: the end of a big value)."""
+
+    def handle(requests: Iterator[bytes], context: Any) -> bytes:
+        for msg in requests:
+            if msg[:1] == b"S":
+                answers.put(msg)
+            elif msg[:1] == b"E":
+                answers.put(b"A")
+        return b""
+
+    return handle
+
+
+def _pull_echo(port: int, outbox: Any) -> None:
+    """d, the child's side: pull the parent's messages on this thread, answer through
+    this side's own pull server (S: echoed; E: the end of a big value)."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=PULL_OPTIONS)
+    try:
+        for msg in channel.unary_stream(PULL_METHOD)(b""):
+            if msg[:1] == b"S":
+                outbox.put(msg)
+            elif msg[:1] == b"E":
+                outbox.put(b"A")
+    except grpc.RpcError:
+        pass  # the parent stopped its server: the run is over
+    finally:
+        channel.close()
 
 
 def _sync_echo(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
@@ -110,8 +173,6 @@ async def _aio_echo(requests: Any, context: Any) -> Any:
 
 
 def _start_aio_server(loop: asyncio.AbstractEventLoop, port_out: Any) -> Any:
-    import threading
-
     servers = []  # a dropped aio server stops: keep it for the thread's life
 
     async def start() -> None:
@@ -136,12 +197,12 @@ def _start_aio_server(loop: asyncio.AbstractEventLoop, port_out: Any) -> Any:
 
 
 class _Raycg:
-    def __init__(self, ping_address: str, conn: Any):
+    def __init__(self, ping_address: str, conn: Any, pull_port: int, push_port: int):
         self._ring = ShmRing(NSLOTS, 1, name="bench.pong")
         self._server = GrpcServer("127.0.0.1:0")
         self._server.add_ring("pong", self._ring.spec)
         self._reader = self._ring.open_reader(0)
-        conn.send(self._server.address)
+        conn.send((self._server.address, pull_port, push_port))
         self.writer = GrpcWriter(GrpcChannelSpec("bench.ping", NSLOTS, (GrpcTarget(ping_address, "ping"),)))
 
     def small(self, n: int) -> list[int]:
@@ -187,6 +248,91 @@ class _BareSync:
     def close(self) -> None:
         self._queue.put(None)
         self._channel.close()
+
+
+class _BarePull:
+    """d: this side's pull server (what it sends), and its pull of the child's answers
+    (read on this thread: SingleThreadedUnaryStream)."""
+
+    def __init__(self) -> None:
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._server = grpc.server(futures.ThreadPoolExecutor(2), options=OPTIONS)
+        self._server.add_generic_rpc_handlers([_bare_handler(_sync_echo, self._outbox)])
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+        self._channel: Any = None
+
+    def connect(self, port: int) -> None:
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=PULL_OPTIONS)
+        self._answers = self._channel.unary_stream(PULL_METHOD)(b"")
+
+    def small(self, n: int) -> list[int]:
+        return _util.time_calls(self._small_trip, b"S42", n)
+
+    def _small_trip(self, msg: bytes) -> None:
+        self._outbox.put(msg)
+        next(self._answers)
+
+    def big(self, data: bytes, n: int) -> list[int]:
+        return _util.time_calls(self._big_trip, data, n)
+
+    def _big_trip(self, data: bytes) -> None:
+        for off in range(0, len(data), CHUNK_BYTES):
+            self._outbox.put(data[off : off + CHUNK_BYTES])  # a copy, as raycg's messages are
+        self._outbox.put(b"E")
+        next(self._answers)
+
+    def close(self) -> None:
+        self._outbox.put(None)
+        if self._channel is not None:
+            self._channel.close()
+        self._server.stop(None)
+
+
+class _BarePush:
+    """e: this side's stream to the child's push handler, and its own push server, whose
+    handler hands the child's answers to this thread (a queue, as raycg's ring)."""
+
+    def __init__(self) -> None:
+        self._answers: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._server = grpc.server(futures.ThreadPoolExecutor(2), options=OPTIONS)
+        self._server.add_generic_rpc_handlers([_bare_handler(_sync_echo, push=self._take)])
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._channel: Any = None
+
+    def _take(self, requests: Iterator[bytes], context: Any) -> bytes:
+        for msg in requests:
+            self._answers.put(msg)
+        return b""
+
+    def connect(self, port: int) -> None:
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=OPTIONS)
+        self._call = self._channel.stream_unary(PUSH_METHOD).future(iter(self._queue.get, None))
+
+    def small(self, n: int) -> list[int]:
+        return _util.time_calls(self._small_trip, b"S42", n)
+
+    def _small_trip(self, msg: bytes) -> None:
+        self._queue.put(msg)
+        self._answers.get()
+
+    def big(self, data: bytes, n: int) -> list[int]:
+        return _util.time_calls(self._big_trip, data, n)
+
+    def _big_trip(self, data: bytes) -> None:
+        for off in range(0, len(data), CHUNK_BYTES):
+            self._queue.put(data[off : off + CHUNK_BYTES])  # a copy, as raycg's messages are
+        self._queue.put(b"E")
+        self._answers.get()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        if self._channel is not None:
+            self._call.cancel()
+            self._channel.close()
+        self._server.stop(None)
 
 
 class _BareAio:
@@ -244,7 +390,16 @@ def _measure(plan: Plan) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
     child = ctx.Process(target=_child, args=(child_conn,), daemon=True)
     child.start()
     ping_address, sync_port, aio_port = conn.recv()
-    sides = {A: _Raycg(ping_address, conn), B: _BareSync(sync_port), C: _BareAio(aio_port)}
+    pull, push = _BarePull(), _BarePush()
+    sides = {
+        A: _Raycg(ping_address, conn, pull.port, push.port),
+        B: _BareSync(sync_port),
+        C: _BareAio(aio_port),
+        D: pull,
+        E: push,
+    }
+    pull.connect(sync_port)  # the child's pull and push handlers are on its bare sync server
+    push.connect(sync_port)
     array = np.random.default_rng(0).random(BIG_BYTES // 8)
     data = array.tobytes()
     try:
@@ -259,6 +414,8 @@ def _measure(plan: Plan) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
                     A: lambda n: sides[A].big(array, n),  # type: ignore[attr-defined]
                     B: lambda n: sides[B].big(data, n),  # type: ignore[attr-defined]
                     C: lambda n: sides[C].big(data, n),  # type: ignore[attr-defined]
+                    D: lambda n: sides[D].big(data, n),  # type: ignore[attr-defined]
+                    E: lambda n: sides[E].big(data, n),  # type: ignore[attr-defined]
                 },
                 plan.big_trips,
                 plan.big_batch,
@@ -297,6 +454,15 @@ def _targets(small: dict[str, list[int]], big: dict[str, list[int]]) -> list[_ut
     ]
 
 
+def _pull_note(small: dict[str, list[int]]) -> str:
+    p50 = {name: _util.percentile_us(s, 50) for name, s in small.items()}
+    return (
+        f"Small round trips: the pull shape (d) is {p50[D] / p50[B]:.2f}x the bare stream's (b), and "
+        f"raycg's own shape bare (e) {p50[E] / p50[B]:.2f}x; raycg's channel (a) is {p50[A] / p50[E]:.2f}x "
+        f"its shape bare, {p50[A] / p50[D]:.2f}x the pull shape."
+    )
+
+
 def main(argv: list[str]) -> int:
     parser = _util.make_parser("grpc", __doc__.splitlines()[0])
     args = parser.parse_args(argv)
@@ -314,6 +480,7 @@ def main(argv: list[str]) -> int:
             f"Machine: {_util.describe_machine()}.\nRun: {run}.",
             _table(small, big),
             _util.format_targets(_targets(small, big)),
+            _pull_note(small),
         ]
     )
     print(entry)
