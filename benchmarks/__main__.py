@@ -34,7 +34,7 @@ BENCHMARKS = {
     ),
     "grpc": (
         "benchmarks.bench_grpc",
-        "raycg's cross-node gRPC channel vs bare sync and asyncio grpcio streams: round trip, 64 MiB",
+        "raycg's gRPC channel vs bare grpcio shapes (sync, asyncio, pull, its own): round trip, 64 MiB",
     ),
     "multinode": (
         "benchmarks.bench_multinode",
