@@ -223,34 +223,51 @@ class _Raycg:
         self._ring.close()
 
 
-class _BareSync:
-    def __init__(self, port: int):
-        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=OPTIONS)
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._responses = self._channel.stream_stream(METHOD)(iter(self._queue.get, None))
+class _BareTrips:
+    """A bare sync side's two trips, over what a subclass sends with (``_put``) and how
+    the answer comes back (``_answer``)."""
+
+    def _put(self, msg: bytes) -> None:
+        raise NotImplementedError
+
+    def _answer(self) -> object:
+        raise NotImplementedError
 
     def small(self, n: int) -> list[int]:
         return _util.time_calls(self._small_trip, b"S42", n)
 
     def _small_trip(self, msg: bytes) -> None:
-        self._queue.put(msg)
-        next(self._responses)
+        self._put(msg)
+        self._answer()
 
     def big(self, data: bytes, n: int) -> list[int]:
         return _util.time_calls(self._big_trip, data, n)
 
     def _big_trip(self, data: bytes) -> None:
         for off in range(0, len(data), CHUNK_BYTES):
-            self._queue.put(data[off : off + CHUNK_BYTES])  # a copy, as raycg's messages are
-        self._queue.put(b"E")
-        next(self._responses)
+            self._put(data[off : off + CHUNK_BYTES])  # a copy, as raycg's messages are
+        self._put(b"E")
+        self._answer()
+
+
+class _BareSync(_BareTrips):
+    def __init__(self, port: int):
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=OPTIONS)
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._responses = self._channel.stream_stream(METHOD)(iter(self._queue.get, None))
+
+    def _put(self, msg: bytes) -> None:
+        self._queue.put(msg)
+
+    def _answer(self) -> object:
+        return next(self._responses)
 
     def close(self) -> None:
         self._queue.put(None)
         self._channel.close()
 
 
-class _BarePull:
+class _BarePull(_BareTrips):
     """d: this side's pull server (what it sends), and its pull of the child's answers
     (read on this thread: SingleThreadedUnaryStream)."""
 
@@ -266,21 +283,11 @@ class _BarePull:
         self._channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=PULL_OPTIONS)
         self._answers = self._channel.unary_stream(PULL_METHOD)(b"")
 
-    def small(self, n: int) -> list[int]:
-        return _util.time_calls(self._small_trip, b"S42", n)
-
-    def _small_trip(self, msg: bytes) -> None:
+    def _put(self, msg: bytes) -> None:
         self._outbox.put(msg)
-        next(self._answers)
 
-    def big(self, data: bytes, n: int) -> list[int]:
-        return _util.time_calls(self._big_trip, data, n)
-
-    def _big_trip(self, data: bytes) -> None:
-        for off in range(0, len(data), CHUNK_BYTES):
-            self._outbox.put(data[off : off + CHUNK_BYTES])  # a copy, as raycg's messages are
-        self._outbox.put(b"E")
-        next(self._answers)
+    def _answer(self) -> object:
+        return next(self._answers)
 
     def close(self) -> None:
         self._outbox.put(None)
@@ -289,7 +296,7 @@ class _BarePull:
         self._server.stop(None)
 
 
-class _BarePush:
+class _BarePush(_BareTrips):
     """e: this side's stream to the child's push handler, and its own push server, whose
     handler hands the child's answers to this thread (a queue, as raycg's ring)."""
 
@@ -311,21 +318,11 @@ class _BarePush:
         self._channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=OPTIONS)
         self._call = self._channel.stream_unary(PUSH_METHOD).future(iter(self._queue.get, None))
 
-    def small(self, n: int) -> list[int]:
-        return _util.time_calls(self._small_trip, b"S42", n)
-
-    def _small_trip(self, msg: bytes) -> None:
+    def _put(self, msg: bytes) -> None:
         self._queue.put(msg)
-        self._answers.get()
 
-    def big(self, data: bytes, n: int) -> list[int]:
-        return _util.time_calls(self._big_trip, data, n)
-
-    def _big_trip(self, data: bytes) -> None:
-        for off in range(0, len(data), CHUNK_BYTES):
-            self._queue.put(data[off : off + CHUNK_BYTES])  # a copy, as raycg's messages are
-        self._queue.put(b"E")
-        self._answers.get()
+    def _answer(self) -> object:
+        return self._answers.get()
 
     def close(self) -> None:
         self._queue.put(None)

@@ -213,7 +213,9 @@ class Executor:
         ep = self._open_reader(plan, setup.actor.actor_id, shm, inproc)
         read: Callable[[float | None], Any]
         if pending:
-            read = getattr(ep, "read_pending", None) or _pending_of(ep.read)
+            # Only communicator edges are prefetched (the compiler's overlap pass): their
+            # read end is a TensorReader.
+            read = ep.read_pending  # type: ignore[attr-defined]
         else:
             read = ep.read
             place = self._placement(ch, plan, setup)
@@ -385,16 +387,6 @@ def _placed(
     read: Callable[[float | None], Any], place: Callable[[Any], Any]
 ) -> Callable[[float | None], Any]:
     return lambda timeout_s: place(read(timeout_s))
-
-
-def _pending_of(read: Callable[[float | None], Any]) -> Callable[[float | None], Any]:
-    """A prefetch of a channel that cannot queue a receive: it reads, done at once."""
-
-    def prefetch(timeout_s: float | None) -> Pending:
-        value = read(timeout_s)
-        return Pending(lambda: value)
-
-    return prefetch
 
 
 def _finisher(place: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
