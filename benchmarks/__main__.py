@@ -36,6 +36,10 @@ BENCHMARKS = {
         "benchmarks.bench_grpc",
         "raycg's gRPC channel vs bare grpcio shapes (sync, asyncio, pull, its own): round trip, 64 MiB",
     ),
+    "grpc-hops": (
+        "benchmarks.bench_grpc_hops",
+        "a small round trip over gRPC hop by hop: raycg's channel vs its shape bare, where the time goes",
+    ),
     "multinode": (
         "benchmarks.bench_multinode",
         "a 2-node Cluster: echo and 64 MiB from the driver's node to another, Ray core vs Ray CG vs raycg",
