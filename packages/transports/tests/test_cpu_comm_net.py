@@ -7,10 +7,12 @@ documented errors on every node and leave nothing blocked."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -256,3 +258,20 @@ def test_bad_arguments_are_named() -> None:
             CpuNetNode(((0,), (1,)), 2, server)
     finally:
         server.stop(grace_s=0.2)
+
+
+def test_a_dropped_member_is_freed_at_once_without_a_collection() -> None:
+    """Nothing of a node leader refers back to it: dropped without destroy, it goes with
+    its last reference (its rings' and streams' finalizers run then), not at a collection."""
+    with group(((0,), (1,))) as spec:
+        b = CpuNetCommunicator(spec, 1)
+        gc.collect()
+        gc.disable()
+        try:
+            a = CpuNetCommunicator(spec, 0)
+            gone = weakref.ref(a)
+            del a
+            assert gone() is None
+        finally:
+            gc.enable()
+        b.destroy()

@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -130,7 +131,11 @@ class CpuNetCommunicator(SegmentMember):
                 if ring_spec is not None:
                     self._readers[src] = ShmRingReader(ring_spec, 0)
             if self._index == 0:
-                self._links = Links(spec, self._node, lambda: self.aborted)
+                # A weak reference: the links must not hold their communicator (a cycle
+                # would keep a dropped, never destroyed, member's rings and streams
+                # until the collector ran, not until its last reference went).
+                this = weakref.ref(self)
+                self._links = Links(spec, self._node, lambda: (c := this()) is None or c.aborted)
                 self._leader = Leader(spec, self._node, self._links)
         except BaseException:
             self.destroy()
