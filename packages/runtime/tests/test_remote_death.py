@@ -134,3 +134,24 @@ def test_no_raylet_is_probed_past_the_callers_budget(monkeypatch: pytest.MonkeyP
     assert death is not None
     assert death.first_dead(0.5) is None
     assert len(probes) <= 2
+
+
+def test_a_gcs_client_without_the_node_call_is_said_once_not_raised(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The node table comes through Ray's private GCS client: a Ray whose client lacks the
+    # call (or takes other arguments) leaves the lookup without it, and says so once.
+    from ray._private.worker import global_worker
+
+    class OtherClient:
+        def get_all_node_info(self) -> dict[str, object]:  # no timeout argument
+            return {}
+
+    monkeypatch.setattr(global_worker, "gcs_client", OtherClient(), raising=False)
+    _remote_death._warn_no_node_table.cache_clear()
+    with caplog.at_level("WARNING", logger=_remote_death.__name__):
+        assert _remote_death._node_table(1.0) is None
+        assert _remote_death._node_table(1.0) is None
+    assert [r.getMessage().count("node table") for r in caplog.records] == [1]
+    monkeypatch.delattr(global_worker, "gcs_client")  # as Ray's shutdown leaves it
+    assert _remote_death._node_table(1.0) is None

@@ -27,12 +27,16 @@ answers with what it knows.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import socket
 import threading
 import time
 
 from raycg.proto import Plan
 from raycg.transports import join_host_port
+
+_log = logging.getLogger(__name__)
 
 PROBE_S = 3.0  # covers Ray marking a killed actor dead, and a raylet's port closing
 INTERVAL_S = 0.2
@@ -159,8 +163,14 @@ def _node_table(timeout_s: float) -> dict[str, _Node] | None:
     from ray._private.worker import global_worker  # no public API with a timeout
     from ray.core.generated.gcs_pb2 import GcsNodeInfo  # type: ignore[attr-defined]
 
+    client = getattr(global_worker, "gcs_client", None)
+    if client is None:  # Ray shut down (its shutdown deletes the attribute)
+        return None
     try:
-        infos = global_worker.gcs_client.get_all_node_info(timeout=timeout_s)  # type: ignore[attr-defined]
+        infos = client.get_all_node_info(timeout=timeout_s)
+    except (AttributeError, TypeError) as e:  # a Ray whose private GCS client differs
+        _warn_no_node_table(f"{type(e).__name__}: {e}")
+        return None
     except Exception:  # unreachable (DEADLINE_EXCEEDED, UNAVAILABLE), or Ray shut down
         return None
     return {
@@ -169,6 +179,17 @@ def _node_table(timeout_s: float) -> dict[str, _Node] | None:
         )
         for node_id, info in infos.items()
     }
+
+
+@functools.cache
+def _warn_no_node_table(why: str) -> None:
+    """Once per process: the lookup goes on with the actor table alone, so a lost node
+    may be reported as a broken channel rather than named (checked on Ray 2.60)."""
+    _log.warning(
+        "raycg cannot read Ray's node table through its GCS client (%s); the cause of a "
+        "failure across nodes may go unnamed with this Ray version",
+        why,
+    )
 
 
 def _actor_dead(actor_ids: list[str]) -> str | None:
