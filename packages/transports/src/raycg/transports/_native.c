@@ -58,6 +58,19 @@ int spin_until(ready_fn ready, void *arg, const char *ctrl, int64_t spin_ns, int
     return done;
 }
 
+/* ---- the control mapping's swap (_native.h) -------------------------------------- */
+
+PyObject *swap_ctrl(PyObject **keep_field, char **ctrl_field, PyObject *args) {
+    PyObject *keep;
+    unsigned long long addr;
+    if (!PyArg_ParseTuple(args, "OK", &keep, &addr)) return NULL;
+    PyObject *old = *keep_field;
+    *keep_field = Py_NewRef(keep);
+    set_ctrl_field(ctrl_field, (char *)(uintptr_t)addr);
+    Py_XDECREF(old); /* after the swap: may unmap, and run Python code */
+    Py_RETURN_NONE;
+}
+
 /* ---- primitives ------------------------------------------------------------------ */
 
 static PyObject *py_fence(PyObject *mod, PyObject *unused) {

@@ -71,6 +71,11 @@ static inline void full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 static inline char *ctrl_of(char *const *field) { return __atomic_load_n(field, __ATOMIC_ACQUIRE); }
 static inline void set_ctrl_field(char **field, char *ctrl) { __atomic_store_n(field, ctrl, __ATOMIC_RELEASE); }
 
+/* Both cores' set_ctrl(keep, addr): use this control memory from now on (a closed
+ * endpoint's private copy), held by ``keep``; the old mapping goes with the last call
+ * still holding it (_native.c). */
+PyObject *swap_ctrl(PyObject **keep_field, char **ctrl_field, PyObject *args);
+
 static inline int64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

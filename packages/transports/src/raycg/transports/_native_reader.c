@@ -123,17 +123,9 @@ static PyObject *ReaderCore_spin(ReaderCore *self, PyObject *unused) {
     return PyBool_FromLong(ready);
 }
 
-/* set_ctrl(keep, addr): use this control memory from now on (a closed endpoint's
- * private copy); the old mapping goes with the last call still holding it. */
+/* set_ctrl(keep, addr): swap_ctrl (_native.h). */
 static PyObject *ReaderCore_set_ctrl(ReaderCore *self, PyObject *args) {
-    PyObject *keep;
-    unsigned long long addr;
-    if (!PyArg_ParseTuple(args, "OK", &keep, &addr)) return NULL;
-    PyObject *old = self->ctrl_keep;
-    self->ctrl_keep = Py_NewRef(keep);
-    set_ctrl_field(&self->ctrl, (char *)(uintptr_t)addr);
-    Py_XDECREF(old); /* after the swap: may unmap, and run Python code */
-    Py_RETURN_NONE;
+    return swap_ctrl(&self->ctrl_keep, &self->ctrl, args);
 }
 
 /* set_data(keep, addr, gen, size_bytes): the generation try_read decodes from, and the

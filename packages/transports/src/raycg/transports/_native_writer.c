@@ -239,16 +239,9 @@ static PyObject *WriterCore_spin(WriterCore *self, PyObject *arg) {
     return PyBool_FromLong(ready);
 }
 
-/* set_ctrl(keep, addr): as ReaderCore's (_native_reader.c). */
+/* set_ctrl(keep, addr): swap_ctrl (_native.h). */
 static PyObject *WriterCore_set_ctrl(WriterCore *self, PyObject *args) {
-    PyObject *keep;
-    unsigned long long addr;
-    if (!PyArg_ParseTuple(args, "OK", &keep, &addr)) return NULL;
-    PyObject *old = self->ctrl_keep;
-    self->ctrl_keep = Py_NewRef(keep);
-    set_ctrl_field(&self->ctrl, (char *)(uintptr_t)addr);
-    Py_XDECREF(old);
-    Py_RETURN_NONE;
+    return swap_ctrl(&self->ctrl_keep, &self->ctrl, args);
 }
 
 /* detach(): drop the data mapping; every later try_write says False. */
