@@ -132,39 +132,60 @@ class _Bare:
         self._server.stop(None)
 
 
+class _Side:
+    """One process's ends of both transports: the ring its server feeds and its bare
+    server, then, once the other side's addresses are known, its writer and its bare
+    client stream."""
+
+    def __init__(self, side: str, inbound: str):
+        self.ring = ShmRing(NSLOTS, 1, name=f"hops.{inbound}")
+        self.server = GrpcServer("127.0.0.1:0")
+        self.server.add_ring(inbound, self.ring.spec)
+        self.reader = self.ring.open_reader(0)
+        self.bare = _Bare(side)
+        self.writer: GrpcWriter | None = None
+        self.addresses = (self.server.address, self.bare.port)
+
+    def connect(self, outbound: str, addresses: tuple[str, int]) -> GrpcWriter:
+        address, port = addresses
+        self.bare.connect(port)
+        self.writer = GrpcWriter(
+            GrpcChannelSpec(f"hops.{outbound}", NSLOTS, (GrpcTarget(address, outbound),))
+        )
+        return self.writer
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader.close()
+        self.server.stop()
+        self.ring.close()
+        self.bare.close()
+
+
 def _child(conn: Any) -> None:
     """Echo on both transports until the parent ends each; then send the stamps back."""
     _wrap_raycg("C")
-    ring = ShmRing(NSLOTS, 1, name="hops.ping")
-    server = GrpcServer("127.0.0.1:0")
-    server.add_ring("ping", ring.spec)
-    reader = ring.open_reader(0)
-    bare = _Bare("C")
-    conn.send((server.address, bare.port))
-    pong_address, bare_port = conn.recv()
-    bare.connect(bare_port)
-    writer = GrpcWriter(GrpcChannelSpec("hops.pong", NSLOTS, (GrpcTarget(pong_address, "pong"),)))
+    side = _Side("C", "ping")
     try:
+        conn.send(side.addresses)
+        writer = side.connect("pong", conn.recv())
         while (kind := conn.recv()) is not None:  # one batch at a time: (transport, trips)
             transport, n = kind
             for _ in range(n):
                 if transport == RAYCG:
-                    value = reader.read(timeout_s=10)
+                    value = side.reader.read(timeout_s=10)
                     _stamp("C read")
                     _stamp("C write")
                     writer.write(value, timeout_s=10)
                 else:
-                    msg = bare.inbox.get(timeout=10)
+                    msg = side.bare.inbox.get(timeout=10)
                     _stamp("C read")
                     _stamp("C write")
-                    bare.send(msg)
+                    side.bare.send(msg)
         conn.send(_STAMPS)
     finally:
-        writer.close()
-        reader.close()
-        server.stop()
-        ring.close()
-        bare.close()
+        side.close()
 
 
 def _measure(trips: int) -> tuple[list[tuple[str, int]], dict[str, list[tuple[int, int]]]]:
@@ -174,15 +195,11 @@ def _measure(trips: int) -> tuple[list[tuple[str, int]], dict[str, list[tuple[in
     conn, child_conn = ctx.Pipe()
     child = ctx.Process(target=_child, args=(child_conn,), daemon=True)
     child.start()
-    ping_address, child_bare_port = conn.recv()
-    ring = ShmRing(NSLOTS, 1, name="hops.pong")
-    server = GrpcServer("127.0.0.1:0")
-    server.add_ring("pong", ring.spec)
-    reader = ring.open_reader(0)
-    bare = _Bare("P")
-    conn.send((server.address, bare.port))
-    bare.connect(child_bare_port)
-    writer = GrpcWriter(GrpcChannelSpec("hops.ping", NSLOTS, (GrpcTarget(ping_address, "ping"),)))
+    child_addresses = conn.recv()
+    side = _Side("P", "pong")
+    conn.send(side.addresses)
+    writer = side.connect("ping", child_addresses)
+    reader, bare = side.reader, side.bare
     spans: dict[str, list[tuple[int, int]]] = {RAYCG: [], BARE: []}
     try:
         with _util.gc_disabled():
@@ -203,11 +220,7 @@ def _measure(trips: int) -> tuple[list[tuple[str, int]], dict[str, list[tuple[in
         conn.send(None)
         child_stamps = conn.recv()
     finally:
-        writer.close()
-        reader.close()
-        server.stop()
-        ring.close()
-        bare.close()
+        side.close()
         _util.join_or_kill(child)
     return sorted(_STAMPS + child_stamps, key=lambda s: s[1]), spans
 
