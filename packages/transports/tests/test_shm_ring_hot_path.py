@@ -174,3 +174,40 @@ def test_pin_callback_error_is_reported_not_raised(monkeypatch: pytest.MonkeyPat
     pin = _native.Pin(backing, np.frombuffer(backing, np.uint8).ctypes.data, 8, 7, boom)
     del pin  # the error goes to sys.unraisablehook, never up this frame
     assert [str(e) for e in reported] == ["unpin 7"]
+
+
+def test_a_reader_woken_from_its_sleep_reads_every_kind_of_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Past its spin a reader sleeps; woken with the value there, it decodes a plain one in
+    # C (try_read again) and leaves any other (buffers, a new generation) to the Python
+    # path, the value still unread. Each value below is written while the reader sleeps.
+    tries: list[object] = []
+    with ShmRing(2, 1, slot_bytes=1 << 16, name="woken") as ring:
+        writer, reader = ring.open_writer(), ring.open_reader(0, spin_s=0)
+        core = reader._core
+
+        class Counted:  # counts the C path's answers (the core's type is not patchable)
+            def __getattr__(self, name: str) -> object:
+                return getattr(core, name)
+
+            def __setattr__(self, name: str, value: object) -> None:
+                setattr(core, name, value)  # the Python path moves core.next
+
+            def try_read(self) -> object:
+                value = core.try_read()
+                tries.append(value is _native.MISS)
+                return value
+
+        monkeypatch.setattr(reader, "_core", Counted())
+        bigger = big_array(1 << 18, 5)  # past the slot: a new generation, and buffers
+        for value in (7, "plain", bigger, 8):
+            waiting = Call(reader.read).wait_blocked()
+            writer.write(value)
+            got = waiting.outcome()
+            assert np.array_equal(got, value) if isinstance(value, np.ndarray) else got == value
+            del got, waiting
+        # Each read: the first try misses (nothing there yet); the one after the wake
+        # decodes the plain values in C, but the very first (the reader maps the data
+        # segment on its first read, in Python) and the array (buffers, a new generation).
+        assert tries == [True, True, True, False, True, True, True, False]
+        writer.close()
+        reader.close()
