@@ -224,3 +224,24 @@ def test_a_credits_message_that_cannot_be_read_breaks_the_stream(credits: bytes)
                 writer.write(2, 60)  # and so does every later one, at once
         finally:
             writer.close()
+
+
+def test_the_servers_call_threads_are_joined_only_once_they_have_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # join() must wait for a call thread that is past its call but still running (stop()
+    # says every call has ended when it returns): here each lingers 0.3 s after its call.
+    from raycg.transports._grpc_server import _CallThreads
+
+    run = _CallThreads._run
+
+    def lingering(*args: object) -> None:
+        run(*args)
+        time.sleep(0.3)
+
+    monkeypatch.setattr(_CallThreads, "_run", staticmethod(lingering))
+    calls = _CallThreads("raycg-test-call")
+    calls.submit(lambda: None).result(10)
+    time.sleep(0.1)  # the call is over; its thread still runs (0.3 s)
+    assert calls.join(10) == []
+    assert not [t for t in threading.enumerate() if t.name == "raycg-test-call"]

@@ -58,22 +58,23 @@ class _CallThreads(futures.Executor):
         with self._lock:  # started under it: join() never meets a thread not yet started
             if self._closed:
                 raise RuntimeError(f"{self._name}: the server is stopping; no new call")
+            # Ended threads leave the set here, not as they end: one that took itself out
+            # would still be running its last lines when join() looked, and join()
+            # would return before it ended.
+            self._threads = {t for t in self._threads if t.is_alive()}
             thread.start()
             self._threads.add(thread)
         return future
 
-    def _run(self, future: futures.Future[Any], fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
-        try:
-            if future.set_running_or_notify_cancel():
-                try:
-                    result = fn(*args, **kwargs)
-                except BaseException as e:  # what an executor does: the future holds it
-                    future.set_exception(e)
-                else:
-                    future.set_result(result)
-        finally:
-            with self._lock:
-                self._threads.discard(threading.current_thread())
+    @staticmethod
+    def _run(future: futures.Future[Any], fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as e:  # what an executor does: the future holds it
+                future.set_exception(e)
+            else:
+                future.set_result(result)
 
     def join(self, timeout_s: float) -> list[threading.Thread]:
         """Take no more calls; wait up to ``timeout_s`` for the running ones to end.
