@@ -10,11 +10,10 @@ writer to inject faults into that writer's streams only.
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Callable
 from typing import Any
 
-from transports_testing import SPAWN, _rebuild_error, digest, process_state, wait_until
+from transports_testing import Child, digest
 
 import raycg.transports as rt
 
@@ -31,56 +30,7 @@ def warm_up_grpc() -> None:
             rt.GrpcServer(server.address)  # a failed bind makes a poller of its own
 
 
-class _Child:
-    def __init__(self, target: Callable[..., None], *args: Any):
-        self.conn, child_conn = SPAWN.Pipe()
-        self.proc = SPAWN.Process(target=target, args=(child_conn, *args), daemon=True)
-        self.proc.start()
-        child_conn.close()
-        self.pid: int = self.proc.pid  # type: ignore[assignment]
-        self.info = self.recv()
-
-    def recv(self) -> Any:
-        kind, payload = self.conn.recv()
-        if kind == "err":
-            raise _rebuild_error(*payload)
-        return payload
-
-    def call(self, op: str, *args: Any) -> Any:
-        self.conn.send((op, args))
-        return self.recv()
-
-    def send(self, op: str, *args: Any) -> None:
-        self.conn.send((op, args))
-
-    def kill(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)
-        wait_until(lambda: process_state(self.pid) in ("Z", ""))
-
-    def stop(self) -> None:
-        if self.proc.exitcode is None and process_state(self.pid) not in ("Z", ""):
-            os.kill(self.pid, signal.SIGCONT)  # a test may have stopped it
-            try:
-                self.send("exit")
-            except OSError:
-                pass
-            self.proc.join(10)  # cleanup, not an assertion: a stuck child is killed
-            if self.proc.exitcode is None:
-                self.proc.kill()
-        self.proc.join()
-        self.conn.close()
-        self.proc.close()
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.exitcode is None and exc[0] is not None:
-            self.proc.kill()
-        self.stop()
-
-
-class Node(_Child):
+class Node(Child):
     """A receiving node: ``nreaders`` readers of a ring of ``nslots``, fed by gRPC."""
 
     def __init__(self, nslots: int, nreaders: int = 1, channel_id: str = "edge"):
@@ -92,7 +42,7 @@ class Node(_Child):
         return rt.GrpcTarget(self.address, self.channel_id)
 
 
-class RemoteWriter(_Child):
+class RemoteWriter(Child):
     """A GrpcWriter for ``spec`` in a child process."""
 
     def __init__(self, spec: rt.GrpcChannelSpec):

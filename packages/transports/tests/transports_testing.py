@@ -162,16 +162,17 @@ class Call(threading.Thread):
 # --- peers ------------------------------------------------------------------------
 
 
-class Peer:
-    """A ring endpoint (``role`` "writer" or "reader") in a spawned child process."""
+class Child:
+    """A spawned child process that runs ``target(conn, *args)`` and answers operations
+    sent over the pipe ``conn``; its first answer is kept as :attr:`info`."""
 
-    def __init__(self, spec: rt.ShmRingSpec, role: str, index: int = 0, **kwargs: Any):
+    def __init__(self, target: Callable[..., None], *args: Any):
         self.conn, child_conn = SPAWN.Pipe()
-        self.proc = SPAWN.Process(target=_serve, args=(child_conn, spec, role, index, kwargs), daemon=True)
+        self.proc = SPAWN.Process(target=target, args=(child_conn, *args), daemon=True)
         self.proc.start()
         child_conn.close()
         self.pid: int = self.proc.pid  # type: ignore[assignment]
-        self.recv()  # the endpoint is open
+        self.info = self.recv()
 
     def send(self, op: str, *args: Any) -> None:
         self.conn.send((op, args))
@@ -190,11 +191,12 @@ class Peer:
     def kill(self) -> None:
         """SIGKILL the child; it stays a zombie until :meth:`stop` reaps it."""
         os.kill(self.pid, signal.SIGKILL)
-        wait_until(lambda: process_state(self.pid) == "Z")
+        wait_until(lambda: process_state(self.pid) in ("Z", ""))
 
     def stop(self) -> None:
         """Ask the child to exit (kill it if it is stuck in an operation) and reap it."""
         if self.proc.exitcode is None and process_state(self.pid) not in ("Z", ""):
+            os.kill(self.pid, signal.SIGCONT)  # a test may have stopped it
             try:
                 self.send("exit")
             except OSError:
@@ -206,13 +208,20 @@ class Peer:
         self.conn.close()
         self.proc.close()
 
-    def __enter__(self) -> Peer:
+    def __enter__(self) -> Any:
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.proc.exitcode is None and exc[0] is not None:
             self.proc.kill()
         self.stop()
+
+
+class Peer(Child):
+    """A ring endpoint (``role`` "writer" or "reader") in a spawned child process."""
+
+    def __init__(self, spec: rt.ShmRingSpec, role: str, index: int = 0, **kwargs: Any):
+        super().__init__(_serve, spec, role, index, kwargs)  # its first answer: the end is open
 
 
 def _rebuild_error(type_name: str, message: str, attrs: dict[str, Any]) -> BaseException:
