@@ -7,6 +7,7 @@ modules is restarted after it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import numpy as np
@@ -158,6 +159,34 @@ def test_an_app_exception_crosses_nodes_and_the_graph_goes_on(a1: object, a2: ob
             ray.get(g.execute(8))
     finally:
         g.teardown()
+
+
+def test_an_asyncio_graph_across_nodes_pipelines_and_fails_at_the_await(a1: object, a2: object) -> None:
+    # execute_async over both nodes: many coroutines in flight, each with its own results;
+    # an application error comes up at its await, and the graph goes on.
+    with InputNode() as inp:
+        dag = MultiOutputNode([a2.inc.bind(a1.inc.bind(inp)), a1.echo.bind(inp)])  # type: ignore[attr-defined]
+    graph = raycg.compile(dag, enable_asyncio=True, get_timeout=60)
+    with InputNode() as inp:
+        failing = raycg.compile(a2.inc.bind(a1.fail.bind(inp)), enable_asyncio=True, get_timeout=60)  # type: ignore[attr-defined]
+
+    async def one(i: int) -> list[object]:
+        futs = await graph.execute_async(i)
+        return [await f for f in reversed(futs)]
+
+    async def main() -> list[list[object]]:
+        results = await asyncio.gather(*(one(i) for i in range(30)))
+        with pytest.raises(RayTaskError) as info:
+            await (await failing.execute_async("k"))
+        assert isinstance(info.value, KeyError)
+        assert await (await graph.execute_async(100))[0] == 102
+        return results
+
+    try:
+        assert asyncio.run(main()) == [[i, i + 2] for i in range(30)]
+    finally:
+        failing.teardown()
+        graph.teardown()
 
 
 def test_remote_actors_are_reusable_after_teardown_and_nothing_is_left(a1: object, a2: object) -> None:
