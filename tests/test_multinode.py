@@ -125,6 +125,28 @@ def test_a_chain_over_both_nodes_carries_50_mb(a1: object, a2: object) -> None:
         g.teardown()
 
 
+@pytest.mark.parametrize("hint", [None, "auto", "shm"], ids=["no-hint", "auto", "shm"])
+def test_cpu_tensors_cross_nodes_with_their_dtype_and_shape(a1: object, a2: object, hint: str | None) -> None:
+    # A CPU tensor rides the gRPC channel like any value, with a tensor hint or without:
+    # the driver's to n1, n1's (and the dict around it) to n2, n2's back.
+    torch = pytest.importorskip("torch")
+    with InputNode() as inp:
+        made = a1.pair.bind(inp)  # type: ignore[attr-defined]
+        if hint is not None:
+            made = made.with_tensor_transport(transport=hint)
+        dag = a2.echo.bind(made)  # type: ignore[attr-defined]
+    g = raycg.compile(dag, get_timeout=60)
+    try:
+        assert transports(g) == {Transport.GRPC}  # every edge crosses nodes
+        for dtype in (torch.float32, torch.int64, torch.bfloat16):
+            value = torch.arange(3 * 1024, dtype=torch.float32).reshape(3, 1024).to(dtype)
+            first, second = ray.get(g.execute(value))
+            for got in (first, second):
+                assert got.dtype == dtype and got.shape == value.shape and torch.equal(got, value)
+    finally:
+        g.teardown()
+
+
 def test_fan_out_to_both_nodes_and_a_multi_output(a1: object, a2: object) -> None:
     with InputNode() as inp:
         dag = MultiOutputNode([a1.inc.bind(inp), a2.inc.bind(inp), a2.add.bind(inp, 10)])  # type: ignore[attr-defined]
