@@ -8,6 +8,7 @@ modules is restarted after it.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -212,15 +213,32 @@ def test_an_asyncio_graph_across_nodes_pipelines_and_fails_at_the_await(a1: obje
 
 
 def test_remote_actors_are_reusable_after_teardown_and_nothing_is_left(a1: object, a2: object) -> None:
+    from raycg.runtime.testing import actor_resources, process_resources, resources_left
+
+    # Every node is this machine: each actor's raycg fds, mappings and threads are read
+    # from its /proc, as the driver's are.
+    before = [actor_resources(a) for a in (a1, a2)]
+    driver = process_resources()
     for i in range(20):
         with InputNode() as inp:
             dag = a2.inc.bind(a1.inc.bind(inp))  # type: ignore[attr-defined]
         g = raycg.compile(dag, get_timeout=60)
         assert ray.get(g.execute(i)) == i + 2
+        if i == 0:  # the check sees what a remote actor holds: here, its graph's rings
+            assert all(resources_left(b, actor_resources(a)) for a, b in zip((a1, a2), before))
         g.teardown()
     for actor in (a1, a2):
         assert ray.get(actor.__ray_call__.remote(_hosted_graphs)) == []  # type: ignore[attr-defined]
         assert actor_running_graphs(actor) == []
+    deadline = time.monotonic() + 5  # a bound, not a measure: threads may be unwinding
+    while True:
+        left = [resources_left(b, actor_resources(a)) for a, b in zip((a1, a2), before)]
+        here = resources_left(driver, process_resources())
+        if (not any(left) and not here) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert left == [{}, {}], f"left behind on the remote actors: {left}"
+    assert here == {}, f"left behind in the driver: {here}"
     assert ray.get(a1.inc.remote(1)) == 2  # type: ignore[attr-defined]
 
 
