@@ -183,8 +183,8 @@ def _node_table(timeout_s: float) -> dict[str, _Node] | None:
 
 @functools.cache
 def _warn_no_node_table(why: str) -> None:
-    """Once per process: the lookup goes on with the actor table alone, so a lost node
-    may be reported as a broken channel rather than named (checked on Ray 2.60)."""
+    """Once per process and reason: the lookup goes on with the actor table alone, so a
+    lost node may be reported as a broken channel rather than named (checked on Ray 2.60)."""
     _log.warning(
         "raycg cannot read Ray's node table through its GCS client (%s); the cause of a "
         "failure across nodes may go unnamed with this Ray version",
