@@ -36,9 +36,12 @@ import numpy as np
 from raycg.transports import GrpcChannelSpec, GrpcServer, GrpcTarget, GrpcWriter, ShmRing
 
 from . import _util
-from .bench_grpc import NSLOTS, OPTIONS, SECTION
+from .bench_grpc import OPTIONS, SECTION
 
 RAYCG, BARE = "raycg", "bare"
+# Each ring's slots: a graph's, whose cross-process channels get max_inflight_executions
+# slots (Ray's default, 10); the stream's credits come every half ring.
+NSLOTS = 10
 PUSH = "/bench.Hops/Push"
 TRIPS, QUICK_TRIPS, BATCH, WARMUP = 1_000, 300, 20, 40
 # The stamps of one round trip in order, P: the parent's, C: the child's. Every hop is
