@@ -45,6 +45,9 @@ from . import _util
 SECTION = "gRPC"
 BIG_BYTES = 64 << 20
 CHUNK_BYTES = 1 << 20
+# Few slots: each may grow to a 64 MiB value. So the channel's credits come every 2
+# values, more often than a graph's (10 slots, every 5): row a's small trip carries more
+# credit traffic than a graph's channel does (grpc-hops measures with a graph's 10).
 NSLOTS = 4
 METHOD = "/bench.Bare/Stream"
 A, B, C = "a. raycg GrpcWriter", "b. bare grpcio stream (sync)", "c. bare grpcio stream (asyncio)"
