@@ -273,20 +273,41 @@ class TensorReader(Channel):
             Exception: what unpickling the value's non-tensor part raised (its tensors
                 were received: the channel stays in step).
         """
-        return self.read_pending(timeout_s, queue=False).result()
+        skeleton, recvs = self._header(timeout_s)
+        if not recvs:
+            return skeleton
+        tensors = _guard(lambda: self._comm.recv_batch(recvs, self._recv_timeout_s), self._comm, "recv")
+        return _complete(skeleton, tensors)
 
-    def read_pending(self, timeout_s: float | None = None, *, queue: bool = True) -> Pending:
+    def read_pending(self, timeout_s: float | None = None) -> Pending:
         """The next value's header, and its tensors' receive started: the value is
         ``result()`` of what this returns (``overlap_gpu_communication``).
 
-        With ``queue``, a communicator that can queue a receive and wait for it later
+        A communicator that can queue a receive and wait for it later
         (``recv_batch_queued``: NCCL, on its receive stream) returns at once, and the
-        transfer runs while the caller computes; any other receives here.
+        transfer runs while the caller computes; any other receives here, as :meth:`read`.
 
         Raises:
             ChannelTimeout, ChannelBroken, ChannelClosed: as :meth:`read` (from
                 ``result()`` too, for a queued receive).
         """
+        skeleton, recvs = self._header(timeout_s)
+        if not recvs:
+            return Pending(lambda: skeleton)
+        queued = getattr(self._comm, "recv_batch_queued", None)
+        if queued is None:
+            tensors = _guard(lambda: self._comm.recv_batch(recvs, self._recv_timeout_s), self._comm, "recv")
+            return Pending(lambda: _complete(skeleton, tensors))  # unpickled at result(), as when queued
+        tensors, wait = _guard(lambda: queued(recvs, self._recv_timeout_s), self._comm, "recv")
+
+        def finish() -> object:
+            _guard(wait, self._comm, "recv")
+            return _complete(skeleton, tensors)
+
+        return Pending(finish)
+
+    def _header(self, timeout_s: float | None) -> tuple[Any, list[tuple[Any, ...]]]:
+        """The next header: the value's skeleton, and a receive per tensor it left out."""
         header: Any = self._meta.read(timeout_s)
         try:
             skeleton, meta = header
@@ -298,19 +319,7 @@ class TensorReader(Channel):
         except (TypeError, ValueError, AttributeError) as e:
             raise ChannelBroken(f"tensor channel: {header!r:.200} is not a header ({e})") from e
         self._last = meta
-        if not recvs:
-            return Pending(lambda: skeleton)
-        queued = getattr(self._comm, "recv_batch_queued", None) if queue else None
-        if queued is None:
-            tensors = _guard(lambda: self._comm.recv_batch(recvs, self._recv_timeout_s), self._comm, "recv")
-            return Pending(lambda: _complete(skeleton, tensors))
-        tensors, wait = _guard(lambda: queued(recvs, self._recv_timeout_s), self._comm, "recv")
-
-        def finish() -> object:
-            _guard(wait, self._comm, "recv")
-            return _complete(skeleton, tensors)
-
-        return Pending(finish)
+        return skeleton, recvs
 
     def _dtype(self, name: str) -> Any:
         dtype = self._dtypes.get(name)
