@@ -314,12 +314,21 @@ class _BarePush(_BareTrips):
 
     def _take(self, requests: Iterator[bytes], context: Any) -> bytes:
         for msg in requests:
-            self._answers.put(msg)
+            self._landed(msg)
         return b""
+
+    def _landed(self, msg: bytes) -> None:
+        """The push handler has a message (bench_grpc_hops.py stamps it here)."""
+        self._answers.put(msg)
+
+    def _requests(self) -> Iterator[bytes]:
+        """The stream's messages, as gRPC's thread takes them (stamped there too)."""
+        while (msg := self._queue.get()) is not None:
+            yield msg
 
     def connect(self, port: int) -> None:
         self._channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=OPTIONS)
-        self._call = self._channel.stream_unary(PUSH_METHOD).future(iter(self._queue.get, None))
+        self._call = self._channel.stream_unary(PUSH_METHOD).future(self._requests())
 
     def _put(self, msg: bytes) -> None:
         self._queue.put(msg)

@@ -24,10 +24,8 @@ import collections
 import itertools
 import math
 import multiprocessing as mp
-import queue
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
@@ -36,13 +34,12 @@ import numpy as np
 from raycg.transports import GrpcChannelSpec, GrpcServer, GrpcTarget, GrpcWriter, ShmRing
 
 from . import _util
-from .bench_grpc import OPTIONS, SECTION
+from .bench_grpc import SECTION, _BarePush
 
 RAYCG, BARE = "raycg", "bare"
 # Each ring's slots: a graph's, whose cross-process channels get max_inflight_executions
 # slots (Ray's default, 10); the stream's credits come every half ring.
 NSLOTS = 10
-PUSH = "/bench.Hops/Push"
 TRIPS, QUICK_TRIPS, BATCH, WARMUP = 1_000, 300, 20, 40
 # The stamps of one round trip in order, P: the parent's, C: the child's. Every hop is
 # "a stamp to the next one".
@@ -93,46 +90,27 @@ def _wrap_raycg(side: str) -> None:
     _grpc_receiver.RingFeed.put = stamped_put  # type: ignore[method-assign]
 
 
-class _Bare:
-    """One side of the bare shape: a server whose handler queues what arrives, and a
-    client stream to the other side's server."""
+class _Bare(_BarePush):
+    """One side of the bare shape (bench_grpc.py's row e), its two inner hops stamped."""
 
     def __init__(self, side: str):
         self._side = side
-        self.inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._server = grpc.server(futures.ThreadPoolExecutor(2), options=OPTIONS)
-        handler = grpc.stream_unary_rpc_method_handler(self._take)
-        methods = grpc.method_handlers_generic_handler("bench.Hops", {"Push": handler})
-        self._server.add_generic_rpc_handlers([methods])
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
-        self._server.start()
-        self._channel: Any = None
+        super().__init__()
 
-    def _take(self, requests: Iterator[bytes], context: Any) -> bytes:
-        for msg in requests:
-            _stamp(f"{self._side} landed")
-            self.inbox.put(msg)
-        return b""
+    def _landed(self, msg: bytes) -> None:
+        _stamp(f"{self._side} landed")
+        super()._landed(msg)
 
     def _requests(self) -> Iterator[bytes]:
-        while (msg := self._outbox.get()) is not None:
+        for msg in super()._requests():
             _stamp(f"{self._side} taken")
             yield msg
 
-    def connect(self, port: int) -> None:
-        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=OPTIONS)
-        self._call = self._channel.stream_unary(PUSH).future(self._requests())
-
     def send(self, msg: bytes) -> None:
-        self._outbox.put(msg)
+        self._put(msg)
 
-    def close(self) -> None:
-        self._outbox.put(None)
-        if self._channel is not None:
-            self._call.cancel()
-            self._channel.close()
-        self._server.stop(None)
+    def received(self, timeout_s: float) -> bytes:
+        return self._answers.get(timeout=timeout_s)
 
 
 class _Side:
@@ -182,7 +160,7 @@ def _child(conn: Any) -> None:
                     _stamp("C write")
                     writer.write(value, timeout_s=10)
                 else:
-                    msg = side.bare.inbox.get(timeout=10)
+                    msg = side.bare.received(10)
                     _stamp("C read")
                     _stamp("C write")
                     side.bare.send(msg)
@@ -217,7 +195,7 @@ def _measure(trips: int) -> tuple[list[tuple[str, int]], dict[str, list[tuple[in
                         reader.read(timeout_s=10)
                     else:
                         bare.send(b"42")
-                        bare.inbox.get(timeout=10)
+                        bare.received(10)
                     _stamp("P read")
                     spans[transport].append((t0, time.monotonic_ns()))
         conn.send(None)
