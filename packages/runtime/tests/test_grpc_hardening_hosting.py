@@ -5,6 +5,8 @@ address, bracketed, and the cause lookup reaches a raylet at an IPv6 address. No
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -57,3 +59,14 @@ def test_a_raylet_at_an_ipv6_address_is_asked() -> None:
     with rt.GrpcServer("[::1]:0") as server:
         port = int(server.address.rsplit(":", 1)[1])
         assert _remote_death._raylet(("::1", port)) == "answers"
+
+
+def test_an_actor_loads_grpcio_only_for_a_cross_node_graph() -> None:
+    # What an actor imports at its first graph's setup is paid in every cold compile:
+    # grpcio (~25 ms here, more on a cold cache) only with a cross-node edge or collective.
+    code = (
+        "import sys\n"
+        "import raycg.runtime._actor, raycg.runtime._executor, raycg.runtime._hosting\n"
+        "assert 'grpc' not in sys.modules, 'grpc is loaded'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

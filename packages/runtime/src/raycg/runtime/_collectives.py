@@ -24,7 +24,7 @@ other members blocked on a member that has nothing to contribute.
 from __future__ import annotations
 
 import pickle
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.exceptions import RayTaskError
 
@@ -36,8 +36,6 @@ from raycg.transports import (
     CpuCommGroup,
     CpuCommSpec,
     CpuCommunicator,
-    CpuNetCommunicator,
-    CpuNetSpec,
     NcclCommunicator,
     ReduceOp,
     nccl_unique_id,
@@ -45,6 +43,9 @@ from raycg.transports import (
 
 from . import _errors
 from ._comm_groups import NcclSpec, device_of
+
+if TYPE_CHECKING:
+    from raycg.transports import CpuNetSpec
 
 # Bytes each member contributes per round: tensors above it take several rounds.
 GROUP_CAPACITY_BYTES = 4 << 20
@@ -188,11 +189,13 @@ class CollectiveTask:
         elif isinstance(spec, NcclSpec):  # on this actor's GPU (Ray made it the only one)
             self.comm = NcclCommunicator(spec.unique_id, spec.world_size, coll.rank, timeout_s=timeout_s)
             self.device = "cuda"
-        elif isinstance(spec, CpuNetSpec):  # members on several nodes: _crossnode_comm
-            self.comm = CpuNetCommunicator(spec, coll.rank, timeout_s=timeout_s)
-            self.device = "cpu"
-        else:
+        elif isinstance(spec, CpuCommSpec):
             self.comm = CpuCommunicator(spec, coll.rank, timeout_s=timeout_s)
+            self.device = "cpu"
+        else:  # members on several nodes (_crossnode_comm): grpcio loads only then
+            from raycg.transports import CpuNetCommunicator
+
+            self.comm = CpuNetCommunicator(spec, coll.rank, timeout_s=timeout_s)
             self.device = "cpu"
         self._flag = torch.zeros(1, dtype=torch.int64, device=self.device)
         self._flag_out = torch.zeros(1, dtype=torch.int64, device=self.device)

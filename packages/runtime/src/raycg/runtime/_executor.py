@@ -25,9 +25,6 @@ from raycg.transports import (
     ChannelClosed,
     ChannelError,
     ChannelTimeout,
-    GrpcChannelSpec,
-    GrpcTarget,
-    GrpcWriter,
     InprocRing,
     Pending,
     ShmRingSpec,
@@ -264,6 +261,8 @@ class Executor:
             ep: Channel = inproc[plan.channel_id].writer()
         elif plan.transport == Transport.GRPC:  # to the rings of the other nodes' readers
             e = self._grpc[plan.channel_id]
+            from raycg.transports import GrpcChannelSpec, GrpcTarget, GrpcWriter  # grpcio: only here
+
             targets = tuple(GrpcTarget(t.address, t.stream_id) for t in e.targets)
             ep = GrpcWriter(GrpcChannelSpec(plan.label or plan.channel_id, e.num_slots, targets))
         else:

@@ -23,10 +23,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raycg.proto import ChannelPlan, Plan, RingHostReply, RingHostRequest, ShmEndpoint, Transport
-from raycg.transports import CpuNetNode, GrpcServer, NetNodeSpec, ShmRing, join_host_port
+from raycg.transports import ShmRing, join_host_port
+
+if TYPE_CHECKING:  # grpcio loads with them: in a process that hosts a cross-node edge only
+    from raycg.transports import CpuNetNode, GrpcServer, NetNodeSpec
 
 LISTEN_HOST_ENV = "RAYCG_GRPC_HOST"
 _server: GrpcServer | None = None
@@ -48,6 +51,8 @@ def acquire_server() -> GrpcServer:
     with _lock:
         if _server is None:
             import ray
+
+            from raycg.transports import GrpcServer
 
             host = os.environ.get(LISTEN_HOST_ENV) or ray.util.get_node_ip_address()
             _server = GrpcServer(join_host_port(host, 0))  # an IPv6 node's address bracketed
@@ -133,6 +138,8 @@ def host_comm_part(
     Raises:
         OSError, ValueError: the part cannot be made (the caller names this actor).
     """
+    from raycg.transports import CpuNetNode
+
     server = acquire_server()
     try:
         part = CpuNetNode(
@@ -169,7 +176,7 @@ def release(graph_id: str) -> None:
 
 def _close(server: GrpcServer, items: Sequence[tuple[str, ShmRing] | CpuNetNode]) -> None:
     for item in items:
-        if isinstance(item, CpuNetNode):
+        if not isinstance(item, tuple):  # a CpuNetNode
             item.close()  # aborts its node's members, drops its rings from the server
         else:
             server.remove_ring(item[0])
